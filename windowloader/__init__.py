@@ -1,0 +1,12 @@
+"""windowloader: sliding-window token batches for GPT-style training, in PyTorch or JAX/Flax.
+
+`import windowloader` pulls in numpy and the standard library only; the frameworks live in
+`windowloader.adapters.torch` and `windowloader.adapters.jax`.
+"""
+
+from windowloader.order import BatchOrder
+from windowloader.tokenizer import ByteTokenizer, load_tokenizer
+from windowloader.windows import TokenWindows
+
+__all__ = ["BatchOrder", "ByteTokenizer", "TokenWindows", "load_tokenizer"]
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""Cursor: where a loader stands in its sequence of batches, and the state that saves it.
+
+Both adapters keep one; a state saved by the PyTorch adapter resumes the JAX adapter and the
+reverse, because the state names global batches, never framework objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from windowloader.order import BatchOrder
+from windowloader.windows import TokenWindows
+
+FORMAT = "windowloader/1"
+
+# Fields that must match between a saved state and the loader that loads it.
+_MUST_MATCH = ("corpus", "max_length", "stride", "global_batch_size", "shuffle", "drop_last")
+
+
+class Cursor:
+    """Counts the batches handed to the user: (epoch, step) is the next one to hand out."""
+
+    def __init__(self, windows: TokenWindows, order: BatchOrder) -> None:
+        self.windows = windows
+        self.order = order
+        self.epoch = 0
+        self.step = 0
+
+    def steps(self) -> Iterator[tuple[int, int]]:
+        """(epoch, step) of each batch left in the current epoch, from the cursor on."""
+        epoch = self.epoch
+        for step in range(self.step, len(self.order)):
+            yield epoch, step
+
+    def advance(self) -> None:
+        """Records one batch handed to the user; after an epoch's last, the next epoch begins."""
+        self.step += 1
+        if self.step >= len(self.order):
+            self.epoch, self.step = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        """Plain ints, bools and strings: `json.dumps`, `torch.save` and orbax all take it."""
+        return {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "step": self.step,
+            "seed": self.order.seed,
+            "global_batch_size": self.order.batch_size,
+            "shuffle": self.order.shuffle,
+            "drop_last": self.order.drop_last,
+            "corpus": self.windows.fingerprint,
+            "max_length": self.windows.max_length,
+            "stride": self.windows.stride,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues from `state`: the next batch is the one after the last batch it counted."""
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(
+                f"state is not a windowloader state (expected format {FORMAT!r}): "
+                "pass what loader.state_dict() returned"
+            )
+        mine = self.state_dict()
+        for field in _MUST_MATCH:
+            if state.get(field) != mine[field]:
+                raise ValueError(
+                    f"state was saved with {field}={state.get(field)!r} but this loader has "
+                    f"{field}={mine[field]!r}: resume with the corpus and configuration it was "
+                    "saved with"
+                )
+        epoch, step = int(state["epoch"]), int(state["step"])
+        if not 0 <= step < len(self.order):
+            raise ValueError(f"state has step={step}, outside this loader's {len(self.order)} batches")
+        self.order.seed = int(state["seed"])
+        self.epoch, self.step = epoch, step

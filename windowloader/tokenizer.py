@@ -1,0 +1,138 @@
+"""Tokenizer resolution: a tiktoken name, a `.tiktoken` file, the byte tokenizer, or your own object."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import numpy as np
+
+ENDOFTEXT = "<|endoftext|>"
+# tiktoken keeps this pattern inside the function that builds cl100k_base, not as a constant.
+_CL100K_PAT_STR = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0-255 plus `<|endoftext|>` as id 256: needs no download.
+
+    Example:
+        >>> from windowloader import load_tokenizer
+        >>> tok = load_tokenizer("bytes")
+        >>> tok.encode("hi<|endoftext|>", allowed_special={"<|endoftext|>"})
+        [104, 105, 256]
+    """
+
+    name = "bytes"
+    eot_token = 256
+    n_vocab = 257
+
+    def encode(self, text: str, *, allowed_special=frozenset()) -> list[int]:
+        if ENDOFTEXT not in allowed_special and allowed_special != "all":
+            return list(text.encode("utf-8"))
+        ids: list[int] = []
+        for i, part in enumerate(text.split(ENDOFTEXT)):
+            if i:
+                ids.append(self.eot_token)
+            ids.extend(part.encode("utf-8"))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_ordinary_batch(self, texts: list[str], **_: object) -> list[list[int]]:
+        return [self.encode_ordinary(text) for text in texts]
+
+    def decode(self, ids) -> str:
+        data = bytes(i for i in ids if i != self.eot_token)
+        return data.decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return "ByteTokenizer()"
+
+
+def load_tokenizer(spec="gpt2"):
+    """Resolves `spec` to a tokenizer with `encode`/`decode`.
+
+    Args:
+        spec: a tiktoken encoding name (`"gpt2"`, `"cl100k_base"`, ...), a path to a
+            `.tiktoken` file, `"bytes"`, or any object with `encode` and `decode` (returned as is).
+
+    Example:
+        >>> from windowloader import load_tokenizer
+        >>> load_tokenizer("gpt2").encode("Hello world")
+        [15496, 995]
+    """
+    if hasattr(spec, "encode") and hasattr(spec, "decode"):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(
+            f"tokenizer must be a tiktoken encoding name, a .tiktoken path, 'bytes', or an object "
+            f"with encode() and decode(), got {type(spec).__name__}"
+        )
+    if spec == "bytes":
+        return ByteTokenizer()
+    if str(spec).endswith(".tiktoken"):
+        return _tiktoken_file(Path(spec))
+    import tiktoken
+
+    known = tiktoken.list_encoding_names()
+    if spec not in known:
+        raise ValueError(
+            f"tokenizer {spec!r} is unknown: use one of {', '.join(known + ['bytes'])}, "
+            "a path to a .tiktoken file, or an object with encode() and decode()"
+        )
+    return tiktoken.get_encoding(spec)
+
+
+def _tiktoken_file(path: Path):
+    """An Encoding from a `.tiktoken` rank file, with `<|endoftext|>` as the next id."""
+    if not path.is_file():
+        raise ValueError(f"tokenizer file {str(path)!r} does not exist")
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    from tiktoken_ext import openai_public
+
+    ranks = load_tiktoken_bpe(str(path))
+    # Vocabularies of 100k ids and more are cl100k-style and split text with its pattern.
+    pat_str = _CL100K_PAT_STR if len(ranks) >= 100_000 else openai_public.r50k_pat_str
+    return tiktoken.Encoding(
+        name=path.stem, pat_str=pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: len(ranks)}
+    )
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Encodes `text` letting `<|endoftext|>` through as a special token where the tokenizer allows."""
+    if not hasattr(tokenizer, "encode"):
+        raise TypeError(
+            f"tokenizer must have an encode() method, got {type(tokenizer).__name__}: "
+            "pass a tiktoken encoding or windowloader.load_tokenizer('gpt2')"
+        )
+    if _accepts(tokenizer.encode, "allowed_special"):
+        return tokenizer.encode(text, allowed_special={ENDOFTEXT})
+    return tokenizer.encode(text)
+
+
+def _accepts(function, name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def token_dtype(max_id: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids up to `max_id` (gpt2's 50256 fits uint16)."""
+    for dtype in (np.uint16, np.uint32):
+        if max_id <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+def encode_to_array(tokenizer, text: str) -> np.ndarray:
+    """`encode(tokenizer, text)` as a compact 1-D numpy array."""
+    ids = encode(tokenizer, text)
+    return np.asarray(ids, dtype=token_dtype(max(ids, default=0)))
