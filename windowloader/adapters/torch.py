@@ -20,7 +20,7 @@ import numpy as np
 from windowloader import _checks
 from windowloader.order import BatchOrder
 from windowloader.state import Cursor
-from windowloader.tokenizer import encode_to_array, load_tokenizer
+from windowloader.source import check_dataset_type, windows_from_arguments, windows_from_text
 from windowloader.windows import TokenWindows
 
 
@@ -39,20 +39,17 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt: str, tokenizer, max_length: int, stride: int) -> None:
-        _checks.positive_int("max_length", max_length)
-        _checks.positive_int("stride", stride)
-        if not isinstance(txt, str):
-            raise TypeError(f"txt must be a str, got {type(txt).__name__}: for token ids use tokens=")
-        if not txt:
-            raise ValueError("txt is empty: pass the training text, at least max_length + 1 tokens long")
-        tokens = encode_to_array(_resolve_tokenizer(tokenizer), txt)
-        self.windows = TokenWindows(tokens, max_length=max_length, stride=stride)
+        self.windows = windows_from_text(txt, tokenizer, max_length=max_length, stride=stride)
 
     @classmethod
     def from_tokens(cls, tokens, *, max_length: int, stride: int) -> GPTDatasetV1:
         """A dataset over token ids already made: an array, a list or an `np.memmap` (not copied)."""
+        return cls.from_windows(TokenWindows(tokens, max_length=max_length, stride=stride))
+
+    @classmethod
+    def from_windows(cls, windows: TokenWindows) -> GPTDatasetV1:
         dataset = cls.__new__(cls)
-        dataset.windows = TokenWindows(tokens, max_length=max_length, stride=stride)
+        dataset.windows = windows
         return dataset
 
     def __len__(self) -> int:
@@ -69,9 +66,6 @@ class GPTDatasetV1(Dataset):
 
     def __repr__(self) -> str:
         return f"GPTDatasetV1({self.windows!r})"
-
-
-_DATASET_TYPES = {"gpt_v1": GPTDatasetV1}
 
 
 def create_dataset(
@@ -93,16 +87,11 @@ def create_dataset(
         >>> len(dataset)
         5
     """
-    if dataset_type not in _DATASET_TYPES:
-        raise ValueError(
-            f"dataset_type {dataset_type!r} is unknown: use one of {', '.join(map(repr, _DATASET_TYPES))}"
-        )
-    if (txt is None) == (tokens is None):
-        raise ValueError("create_dataset needs exactly one of txt= (with tokenizer=) or tokens=")
-    cls = _DATASET_TYPES[dataset_type]
-    if tokens is not None:
-        return cls.from_tokens(tokens, max_length=max_length, stride=stride)
-    return cls(txt, "gpt2" if tokenizer is None else tokenizer, max_length, stride)
+    check_dataset_type(dataset_type)
+    windows = windows_from_arguments(
+        txt=txt, tokenizer=tokenizer, tokens=tokens, max_length=max_length, stride=stride
+    )
+    return GPTDatasetV1.from_windows(windows)
 
 
 class WindowBatchSampler(Sampler):
@@ -188,17 +177,6 @@ def create_dataloader(
     return WindowDataLoader(
         dataset, Cursor(dataset.windows, order), num_workers=num_workers, **dataloader_kwargs
     )
-
-
-def _resolve_tokenizer(tokenizer):
-    if isinstance(tokenizer, str):
-        return load_tokenizer(tokenizer)
-    if not hasattr(tokenizer, "encode"):
-        raise TypeError(
-            f"tokenizer must have an encode() method, got {type(tokenizer).__name__}: "
-            "pass a tiktoken encoding or windowloader.load_tokenizer('gpt2')"
-        )
-    return tokenizer
 
 
 def _batch_as_is(batch):
