@@ -1,0 +1,75 @@
+"""One process of the two-process multi-host test (tests/test_jax_multihost.py).
+
+Usage: python tests/_multihost_worker.py PORT PROCESS_ID OUT.json
+
+Joins a two-process `jax.distributed` run with 2 CPU devices here, iterates a few loader
+configurations, and writes each batch's addressable shards (device id, rows, values) to OUT.json.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__":  # not when the test imports the constants below
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+import json  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
+
+from windowloader.adapters.jax import create_dataloader, create_dataset  # noqa: E402
+
+# Shared with the test: the corpus and the configurations each process runs.
+TOKENS = (np.arange(300) * 7919 % 50257).astype(np.uint16)
+MAX_LENGTH, STRIDE, BATCH_SIZE = 6, 4, 8
+CONFIGS = {
+    # name: (mesh devices order, shuffle, drop_last, seed)
+    "contiguous": ("process-major", True, True, 3),
+    "interleaved-unseeded-padded": ("interleaved", True, False, None),
+    "unshuffled-padded": ("process-major", False, False, 0),
+}
+
+
+def mesh_of(layout: str) -> Mesh:
+    """Every device on "data": process 0's two first, or alternating processes (so process 0
+    holds data blocks 0 and 2, rows that are not contiguous)."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    if layout == "interleaved":
+        devices = [devices[0], devices[2], devices[1], devices[3]]
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def shards(array) -> list:
+    return [
+        {
+            "device": shard.device.id,
+            "rows": [shard.index[0].start or 0, shard.index[0].stop or array.shape[0]],
+            "values": np.asarray(shard.data).tolist(),
+        }
+        for shard in array.addressable_shards
+    ]
+
+
+def main() -> None:
+    port, process_id, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
+                               initialization_timeout=60)
+    try:
+        dataset = create_dataset(tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE, return_weights=True)
+        report = {"process": jax.process_index(), "devices": jax.device_count(), "runs": {}}
+        for name, (layout, shuffle, drop_last, seed) in CONFIGS.items():
+            loader = create_dataloader(dataset, batch_size=BATCH_SIZE, shuffle=shuffle,
+                                       drop_last=drop_last, seed=seed, mesh=mesh_of(layout))
+            batches = [[shards(array) for array in batch] for batch in loader]
+            report["runs"][name] = {"seed": loader.state_dict()["seed"], "batches": batches}
+        with open(out + ".tmp", "w") as file:
+            json.dump(report, file)
+        os.replace(out + ".tmp", out)
+    finally:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
