@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -63,6 +65,13 @@ class TokenWindows:
             f"max_length={self.max_length}, stride={self.stride}, windows={len(self)})"
         )
 
+    def __reduce__(self):
+        # Never the default: it would pickle the window view materialized (every overlap copied).
+        # A memmap travels as its file location and is reopened on arrival, so a DataLoader or
+        # grain worker maps the same page cache instead of receiving a copy of the tokens.
+        source = memmap_source(self.tokens)
+        return (_reopen, (source or self.tokens, self.max_length, self.stride))
+
     def window_start(self, index: int) -> int:
         """The offset in `tokens` of window `index`'s first input token."""
         return self._check_index(index) * self.stride
@@ -109,3 +118,39 @@ class TokenWindows:
         if not -n <= index < n:
             raise IndexError(f"window index {index} is out of range for {n} windows")
         return index + n if index < 0 else index
+
+
+@dataclass(frozen=True)
+class MemmapSource:
+    """Where a contiguous memmap's tokens lie in their file: enough to map them again."""
+
+    path: str
+    offset: int
+    dtype: str
+    length: int
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.length,))
+
+
+def memmap_source(tokens: np.ndarray) -> MemmapSource | None:
+    """The file location of `tokens` if they are a contiguous view of a file mapped read-only or
+    shared (so that another process mapping the file sees the same bytes), else None."""
+    if not isinstance(tokens, np.memmap) or tokens.mode == "c" or not tokens.flags.c_contiguous:
+        return None
+    mapping = tokens.base
+    while isinstance(mapping, np.ndarray):  # a slice of a memmap: walk back to the mmap itself
+        mapping = mapping.base
+    if not isinstance(mapping, mmap.mmap) or tokens.filename is None:
+        return None
+    # np.memmap maps from `offset` rounded down to the allocation granularity; `tokens.offset` is
+    # the memmap's own offset, inherited unchanged by its slices, so count from the mapping start.
+    mapping_start = tokens.offset - tokens.offset % mmap.ALLOCATIONGRANULARITY
+    into_mapping = tokens.ctypes.data - np.frombuffer(mapping, np.uint8, count=1).ctypes.data
+    return MemmapSource(str(tokens.filename), mapping_start + into_mapping, tokens.dtype.str, len(tokens))
+
+
+def _reopen(tokens, max_length: int, stride: int) -> TokenWindows:
+    if isinstance(tokens, MemmapSource):
+        tokens = tokens.open()
+    return TokenWindows(tokens, max_length=max_length, stride=stride)

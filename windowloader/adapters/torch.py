@@ -1,5 +1,8 @@
 """PyTorch adapter: the specification's `GPTDatasetV1`, `create_dataset` and `create_dataloader`.
 
+The core (TokenWindows, BatchOrder, Cursor) decides every window and every batch; this module
+converts the arrays to tensors and talks to `DataLoader` workers and `torch.distributed`.
+
 Example:
     >>> from windowloader.adapters.torch import create_dataset, create_dataloader
     >>> dataset = create_dataset("gpt_v1", txt=raw_text, tokenizer=tokenizer, max_length=256, stride=128)
@@ -19,16 +22,17 @@ import numpy as np
 
 from windowloader import _checks
 from windowloader.order import BatchOrder
-from windowloader.state import Cursor
 from windowloader.source import check_dataset_type, windows_from_arguments, windows_from_text
-from windowloader.windows import TokenWindows
+from windowloader.state import Cursor
+from windowloader.windows import TokenWindows, memmap_source
 
 
 class GPTDatasetV1(Dataset):
     """The specification's dataset: `dataset[i]` is `(input_ids, target_ids)`, int64 `(max_length,)`.
 
     Unlike the reference, it keeps the token stream once (as compact ids) and cuts windows on
-    demand; a whole batch is read with one gather through `__getitems__`.
+    demand; a whole batch is read with one gather through `__getitems__`. DataLoader workers get
+    no copy of the tokens (see `__reduce__`), and the tokenizer is never kept.
 
     Args:
         txt: the training text; `<|endoftext|>` in it is encoded as the special token.
@@ -36,36 +40,86 @@ class GPTDatasetV1(Dataset):
             `windowloader.load_tokenizer`.
         max_length: tokens per window (the context length).
         stride: tokens between the starts of consecutive windows.
+        return_weights: add a third tensor, the predict-once weights (`TokenWindows.weights`).
     """
 
-    def __init__(self, txt: str, tokenizer, max_length: int, stride: int) -> None:
-        self.windows = windows_from_text(txt, tokenizer, max_length=max_length, stride=stride)
+    def __init__(self, txt: str, tokenizer, max_length: int, stride: int, return_weights: bool = False) -> None:
+        windows = windows_from_text(txt, tokenizer, max_length=max_length, stride=stride)
+        self._set(windows, return_weights)
 
     @classmethod
-    def from_tokens(cls, tokens, *, max_length: int, stride: int) -> GPTDatasetV1:
+    def from_tokens(cls, tokens, *, max_length: int, stride: int, return_weights: bool = False) -> GPTDatasetV1:
         """A dataset over token ids already made: an array, a list or an `np.memmap` (not copied)."""
-        return cls.from_windows(TokenWindows(tokens, max_length=max_length, stride=stride))
+        windows = TokenWindows(tokens, max_length=max_length, stride=stride)
+        return cls.from_windows(windows, return_weights=return_weights)
 
     @classmethod
-    def from_windows(cls, windows: TokenWindows) -> GPTDatasetV1:
+    def from_windows(cls, windows: TokenWindows, *, return_weights: bool = False) -> GPTDatasetV1:
         dataset = cls.__new__(cls)
-        dataset.windows = windows
+        dataset._set(windows, return_weights)
         return dataset
+
+    def _set(self, windows: TokenWindows, return_weights: bool) -> None:
+        self.windows = windows
+        self.return_weights = _checks.boolean("return_weights", return_weights)
+        self._shared_bytes: torch.Tensor | None = None  # the tokens, once moved to shared memory
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         inputs, targets = self.windows[index]
-        return torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64))
+        item = (torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64)))
+        if self.return_weights:
+            item += (torch.from_numpy(self.windows.weights([index])[0]),)
+        return item
 
-    def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch from one gather: two int64 `(len(indices), max_length)` tensors."""
+    def __getitems__(self, indices) -> tuple[torch.Tensor, ...]:
+        """A whole batch from one gather: int64 `(len(indices), max_length)` inputs and targets,
+        then float32 weights of the same shape when `return_weights`."""
         inputs, targets = self.windows.gather(indices, dtype=np.int64)
-        return torch.from_numpy(inputs), torch.from_numpy(targets)
+        batch = (torch.from_numpy(inputs), torch.from_numpy(targets))
+        if self.return_weights:
+            batch += (torch.from_numpy(self.windows.weights(indices)),)
+        return batch
+
+    def __reduce__(self):
+        # How a DataLoader worker started by spawn/forkserver receives the dataset (fork shares
+        # it copy-on-write without pickling). A memmap travels as its path; in-memory tokens move
+        # once into shared memory, which torch.multiprocessing's pickler sends as a handle.
+        if self._shared_bytes is None and memmap_source(self.windows.tokens) is None:
+            self._move_tokens_to_shared_memory()
+        if self._shared_bytes is None:
+            return (_dataset_from_windows, (self.windows, self.return_weights))
+        windows = self.windows
+        dtype = windows.tokens.dtype.str
+        args = (self._shared_bytes, dtype, windows.max_length, windows.stride, self.return_weights)
+        return (_dataset_from_shared_bytes, args)
+
+    def _move_tokens_to_shared_memory(self) -> None:
+        tokens = np.ascontiguousarray(self.windows.tokens)
+        # As bytes: torch lacks some numpy integer dtypes, and the dtype travels beside them.
+        shared_bytes = torch.from_numpy(tokens.view(np.uint8)).share_memory_()
+        moved = _dataset_from_shared_bytes(
+            shared_bytes, tokens.dtype.str, self.windows.max_length, self.windows.stride, self.return_weights
+        )
+        self.windows, self._shared_bytes = moved.windows, moved._shared_bytes
 
     def __repr__(self) -> str:
-        return f"GPTDatasetV1({self.windows!r})"
+        return f"GPTDatasetV1({self.windows!r}, return_weights={self.return_weights})"
+
+
+def _dataset_from_windows(windows: TokenWindows, return_weights: bool) -> GPTDatasetV1:
+    return GPTDatasetV1.from_windows(windows, return_weights=return_weights)
+
+
+def _dataset_from_shared_bytes(
+    shared_bytes: torch.Tensor, dtype: str, max_length: int, stride: int, return_weights: bool
+) -> GPTDatasetV1:
+    tokens = shared_bytes.numpy().view(dtype)
+    dataset = GPTDatasetV1.from_tokens(tokens, max_length=max_length, stride=stride, return_weights=return_weights)
+    dataset._shared_bytes = shared_bytes
+    return dataset
 
 
 def create_dataset(
@@ -76,10 +130,14 @@ def create_dataset(
     tokens=None,
     max_length: int = 256,
     stride: int = 128,
+    return_weights: bool = False,
 ) -> GPTDatasetV1:
     """Builds a dataset from text (`txt` + `tokenizer`) or from token ids (`tokens`).
 
-    `tokenizer=None` with `txt` means gpt2. Exactly one of `txt` and `tokens` is given.
+    `tokenizer=None` with `txt` means gpt2. Exactly one of `txt` and `tokens` is given; an
+    `np.memmap` of a token cache is used in place, never copied. `return_weights=True` adds a
+    third tensor per batch, float32 `(batch, max_length)`: 0 on the targets the previous window
+    already predicts, 1 elsewhere, so a weighted loss counts each corpus token once per epoch.
 
     Example:
         >>> from windowloader.adapters.torch import create_dataset
@@ -88,10 +146,11 @@ def create_dataset(
         5
     """
     check_dataset_type(dataset_type)
+    _checks.boolean("return_weights", return_weights)
     windows = windows_from_arguments(
         txt=txt, tokenizer=tokenizer, tokens=tokens, max_length=max_length, stride=stride
     )
-    return GPTDatasetV1.from_windows(windows)
+    return GPTDatasetV1.from_windows(windows, return_weights=return_weights)
 
 
 class WindowBatchSampler(Sampler):
@@ -113,7 +172,8 @@ class WindowDataLoader(DataLoader):
     `load_state_dict()` resume with the very next batch.
 
     Iterating again continues where the last iteration stopped; after a whole epoch, the next
-    iteration is the next epoch (a new permutation when shuffling).
+    iteration is the next epoch (a new permutation when shuffling). `len(loader)` is the number
+    of batches per epoch, the same on every rank.
     """
 
     def __init__(self, dataset: GPTDatasetV1, cursor: Cursor, **kwargs) -> None:
@@ -122,21 +182,33 @@ class WindowDataLoader(DataLoader):
         self.cursor = cursor
 
     def __iter__(self):
+        in_process = self.num_workers == 0 and not self.pin_memory
+        batches = self._batches_in_process() if in_process else super().__iter__()
         # Counted as handed to the user, not as fetched: workers run ahead of the consumer.
-        for batch in super().__iter__():
+        for batch in batches:
             self.cursor.advance()
             yield batch
 
+    def _batches_in_process(self):
+        # DataLoader's single-process loop gives these same batches, but its profiler scope and
+        # fetcher cost ~20 µs a batch here, as much as gathering a (16, 1025) batch itself.
+        for indices in self.batch_sampler:
+            yield self.collate_fn(self.dataset.__getitems__(indices))
+
     def state_dict(self) -> dict:
-        """Epoch, batches delivered in it, seed, global batch size and corpus/config checks."""
+        """Epoch, batches delivered in it, seed, global batch size and corpus/config checks:
+        plain values that `torch.save` and `json.dumps` take."""
         return self.cursor.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        """Continues from `state`, saved by this or another windowloader loader (JAX included)."""
+        """Continues from `state`, saved by this or another windowloader loader (JAX included),
+        with any world size whose global batch (`batch_size × world_size`) is the same."""
         self.cursor.load_state_dict(state)
 
     def batch_windows(self, epoch: int, step: int) -> np.ndarray:
-        """The window indices of batch `step` of `epoch` on this rank, without moving the loader."""
+        """The window indices (into the whole corpus) of batch `step` of `epoch` on this rank,
+        computed without moving the loader; `dataset.windows.window_start(i)` gives each one's
+        token offset, to trace a loss spike back to its text."""
         return self.cursor.order.batch(epoch, step)
 
 
@@ -147,12 +219,20 @@ def create_dataloader(
     drop_last: bool = True,
     num_workers: int = 0,
     seed: int | None = None,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
     **dataloader_kwargs,
 ) -> WindowDataLoader:
     """A `DataLoader` yielding `(inputs, targets)`, int64 `(batch_size, max_length)` tensors.
 
-    Each batch is read with one gather. `seed=None` draws a seed once, now; iterating again
-    after an epoch starts the next epoch.
+    `batch_size` is per rank (the DDP convention): the global batch is `batch_size × world_size`
+    consecutive windows of the epoch's order and rank r takes slice r, so the global sequence of
+    batches does not depend on the world size. `rank`/`world_size` default to
+    `torch.distributed`'s when it is initialized, else 0 and 1. Each batch is read with one
+    gather; `num_workers`, `persistent_workers`, `prefetch_factor` and `pin_memory` give the same
+    batches as `num_workers=0`. `seed=None` draws a seed once, now (it must be given when
+    shuffling on several ranks); iterating again after an epoch starts the next epoch.
 
     Example:
         >>> from windowloader.adapters.torch import create_dataset, create_dataloader
@@ -171,12 +251,39 @@ def create_dataloader(
     for name in ("batch_sampler", "sampler", "batch_size", "shuffle", "drop_last"):
         if name in dataloader_kwargs:
             raise TypeError(f"create_dataloader sets {name} itself: remove it from the keyword arguments")
+    _checks.boolean("shuffle", shuffle)
+    rank, world_size = _rank_and_world_size(rank, world_size)
+    if shuffle and seed is None and world_size > 1:
+        raise ValueError(
+            f"seed is None with shuffle=True on world_size={world_size} ranks: each rank would draw "
+            "its own order; pass the same seed=<int> on every rank"
+        )
     order = BatchOrder(
-        len(dataset), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed
+        len(dataset), batch_size=batch_size * world_size, shuffle=shuffle, drop_last=drop_last,
+        seed=seed, rank=rank, world_size=world_size,
     )
     return WindowDataLoader(
         dataset, Cursor(dataset.windows, order), num_workers=num_workers, **dataloader_kwargs
     )
+
+
+def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The arguments when given (both or neither), else torch.distributed's, else (0, 1)."""
+    if (rank is None) != (world_size is None):
+        raise ValueError(
+            f"rank={rank!r} and world_size={world_size!r}: pass both, or neither to use "
+            "torch.distributed's (or a single process)"
+        )
+    if rank is not None:
+        world_size = _checks.positive_int("world_size", world_size)
+        rank = _checks.non_negative_int("rank", rank)
+        if rank >= world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        return rank, world_size
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank(), distributed.get_world_size()
+    return 0, 1
 
 
 def _batch_as_is(batch):
