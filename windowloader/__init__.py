@@ -4,9 +4,10 @@
 `windowloader.adapters.torch` and `windowloader.adapters.jax`.
 """
 
+from windowloader.cache import TokenizedCorpus, tokenize_corpus
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import ByteTokenizer, load_tokenizer
 from windowloader.windows import TokenWindows
 
-__all__ = ["BatchOrder", "ByteTokenizer", "TokenWindows", "load_tokenizer"]
+__all__ = ["BatchOrder", "ByteTokenizer", "TokenWindows", "TokenizedCorpus", "load_tokenizer", "tokenize_corpus"]
 __version__ = "0.1.0"

@@ -1,29 +1,56 @@
-"""The `windowloader` command: shows what a max_length / stride / batch_size configuration gives.
+"""The `windowloader` command: plans and dry-runs a max_length / stride / batch_size configuration.
 
-    windowloader --max-length 256 --stride 128 --batch-size 4 [FILE]
+    windowloader [INPUT ...] --max-length 256 --stride 128 --batch-size 4
+    windowloader prepare INPUT ... [--cache-dir DIR]
 
-With no FILE it runs on the Python language reference topics that ship with CPython.
+INPUT is a text file, a directory (read recursively), a glob or a .jsonl file; with none, the
+command runs on the Python language reference topics that ship with CPython.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import itertools
 import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
-
+from windowloader.cache import TokenizedCorpus, tokenize_corpus
 from windowloader.order import BatchOrder
-from windowloader.tokenizer import encode_to_array, load_tokenizer
+from windowloader.tokenizer import load_tokenizer
 from windowloader.windows import TokenWindows
 
 # Long decoded text is cut to this many characters at each end of a part.
 _SHOW_CHARS = 120
+# The specification's "Configuration Guidelines": (max_length, stride, batch_size) per dataset size.
+PRESETS = {"small": (256, 64, 4), "medium": (512, 256, 16), "large": (1024, 1024, 32)}
+# --preset auto: small below the first token count, medium below the second, large above.
+AUTO_THRESHOLDS = (1_000_000, 100_000_000)
+_DEFAULTS = (256, 128, 4)  # the specification's DEFAULT configuration
+_EPILOG = f"""\
+presets (the specification's Configuration Guidelines; explicit flags win over a preset):
+  small   max_length 256,  stride 64 (max_length/4), batch_size 4
+  medium  max_length 512,  stride 256 (max_length/2), batch_size 16
+  large   max_length 1024, stride 1024 (max_length), batch_size 32
+  auto    small below {AUTO_THRESHOLDS[0]:,} tokens (about 4 MB of English), medium below
+          {AUTO_THRESHOLDS[1]:,} tokens (about 400 MB), large above
+without a preset: max_length 256, stride 128, batch_size 4 (the specification's default)
+
+windowloader prepare INPUT ... [--tokenizer T] [--cache-dir DIR] tokenizes into the cache and
+prints the cache's path."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """One line and status 2, not the usage block: the line names the flag."""
         self.exit(2, f"windowloader: error: {message}\n")
+
+
+class _Failure(Exception):
+    """A one-line error for the user, already worded for the command line."""
 
 
 def _positive_int(text: str) -> int:
@@ -36,13 +63,49 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
+    return value
+
+
+def _add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", help="tiktoken name, .tiktoken file, tokenizer.json or 'bytes' (default gpt2)")
+    parser.add_argument("--cache-dir", help="token cache folder (default $WINDOWLOADER_CACHE or ~/.cache/windowloader)")
+    parser.add_argument("--text-field", default="text", help="the .jsonl field holding the text (default text)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="windowloader", description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", nargs="?", help="a text file (default: CPython's language reference topics)")
-    parser.add_argument("--max-length", type=_positive_int, default=256, help="tokens per window (default 256)")
-    parser.add_argument("--stride", type=_positive_int, default=128, help="tokens between window starts (default 128)")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, help="windows per batch (default 4)")
-    parser.add_argument("--tokenizer", help="tiktoken name, .tiktoken file or 'bytes' (default gpt2)")
+    parser = _Parser(
+        prog="windowloader",
+        description=__doc__.split("\n\n")[0],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", nargs="*", help="files, directories, globs, .jsonl (default: CPython's language reference topics)")
+    parser.add_argument("--max-length", type=_positive_int, help="tokens per window (default 256)")
+    parser.add_argument("--stride", type=_positive_int, help="tokens between window starts (default 128)")
+    parser.add_argument("--batch-size", type=_positive_int, help="windows per batch (default 4)")
+    parser.add_argument("--preset", choices=[*PRESETS, "auto"], help="a configuration from the specification's table")
+    parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True, help="shuffle each epoch (default on)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="the shuffle's seed (default 0)")
+    parser.add_argument("--drop-last", dest="drop_last", action="store_true", default=True, help="drop a last partial batch (default)")
+    parser.add_argument("--keep-last", dest="drop_last", action="store_false", help="keep a last partial batch")
+    parser.add_argument("--framework", choices=["numpy", "torch", "jax"], help="who serves the batches (default torch when installed, else numpy)")
+    parser.add_argument("--max-batches", type=_positive_int, help="iterate this many batches, not a whole epoch")
+    _add_corpus_flags(parser)
+    return parser
+
+
+def build_prepare_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="windowloader prepare", description="Tokenizes INPUT into the token cache and prints the cache's path.")
+    parser.add_argument("input", nargs="+", help="files, directories, globs, .jsonl")
+    _add_corpus_flags(parser)
     return parser
 
 
@@ -54,29 +117,44 @@ def default_corpus() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prepare = bool(argv) and argv[0] == "prepare"
+    args = (build_prepare_parser() if prepare else build_parser()).parse_args(argv[1:] if prepare else argv)
     try:
-        text, source = _read_input(args.input)
-        tokenizer = _tokenizer(args.tokenizer)
-        windows = TokenWindows(encode_to_array(tokenizer, text), max_length=args.max_length, stride=args.stride)
-        order = BatchOrder(len(windows), batch_size=args.batch_size, shuffle=False, drop_last=True)
-    except (OSError, ValueError, TypeError) as error:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tokenizer = _tokenizer(args.tokenizer)
+            corpus = _tokenize(args, tokenizer)
+        for warning in caught:
+            print(f"windowloader: warning: {warning.message}", file=sys.stderr)
+        if prepare:
+            print(corpus.path)
+            return 0
+        _plan(args, corpus, tokenizer)
+    except (_Failure, OSError, ValueError, TypeError, ImportError) as error:
         print(f"windowloader: error: {error}", file=sys.stderr)
         return 2
-    _report(windows, order, tokenizer, source)
     return 0
 
 
-def _read_input(path: str | None) -> tuple[str, str]:
-    if path is None:
-        return default_corpus(), "CPython language reference topics (pydoc_data.topics)"
-    with open(path, encoding="utf-8", errors="replace") as file:
-        return file.read(), path
+def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
+    sources = [Path(name) for name in args.input] if args.input else default_corpus()
+    return tokenize_corpus(
+        sources, tokenizer, cache_dir=args.cache_dir, text_field=args.text_field, progress=False if args.quiet else None
+    )
 
 
 def _tokenizer(name: str | None):
     if name is not None:
-        return load_tokenizer(name)
+        try:
+            return load_tokenizer(name)
+        except (ValueError, ImportError):
+            raise
+        except Exception as error:  # tiktoken raises network errors of several kinds offline
+            raise _Failure(
+                f"tokenizer {name!r} could not be loaded ({type(error).__name__}): set TIKTOKEN_CACHE_DIR "
+                "to a tiktoken cache holding it, or pass another --tokenizer (bytes needs no download)"
+            ) from None
     try:
         return load_tokenizer("gpt2")
     except Exception as error:  # tiktoken raises network errors of several kinds offline
@@ -88,28 +166,147 @@ def _tokenizer(name: str | None):
         return load_tokenizer("bytes")
 
 
-def _report(windows: TokenWindows, order: BatchOrder, tokenizer, source: str) -> None:
-    inputs, targets = _first_batch(windows, order)
-    print(f"corpus:            {source}")
-    print(f"tokenizer:         {getattr(tokenizer, 'name', type(tokenizer).__name__)}")
-    print(f"tokens:            {len(windows.tokens):,}")
-    print(f"windows:           {len(windows):,}  (max_length={windows.max_length}, stride={windows.stride})")
-    print(f"batches per epoch: {len(order):,}  (batch_size={order.batch_size}, drop_last=True)")
-    print(f"batch shape:       inputs {inputs}, targets {targets}")
+@dataclass(frozen=True)
+class _Config:
+    max_length: int
+    stride: int
+    batch_size: int
+    preset: str | None
+
+
+def _config(args: argparse.Namespace, n_tokens: int) -> _Config:
+    """The preset's values (auto: by corpus size), overridden by any flag given explicitly."""
+    preset = args.preset
+    if preset == "auto":
+        small, medium = AUTO_THRESHOLDS
+        preset = "small" if n_tokens < small else "medium" if n_tokens < medium else "large"
+    base = PRESETS[preset] if preset else _DEFAULTS
+    given = (args.max_length, args.stride, args.batch_size)
+    values = [flag if flag is not None else default for flag, default in zip(given, base)]
+    return _Config(*values, preset=preset)
+
+
+def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
+    config = _config(args, len(corpus))
+    if len(corpus) < config.max_length + 1:
+        raise _Failure(
+            f"the corpus has {len(corpus):,} tokens, shorter than one window (max_length + 1 = "
+            f"{config.max_length + 1:,}): pass a smaller --max-length or more text"
+        )
+    windows = corpus.windows(max_length=config.max_length, stride=config.stride)
+    order = BatchOrder(
+        len(windows), batch_size=config.batch_size, shuffle=args.shuffle, drop_last=args.drop_last, seed=args.seed
+    )
+    framework = args.framework or ("torch" if importlib.util.find_spec("torch") else "numpy")
+    inputs, targets = next(_batches(framework, windows, order))
+    _print_table(_rows(corpus, windows, order, config, framework, inputs, targets))
+    for note in _notes(windows, order, corpus):
+        print(f"note: {note}")
     print()
     _show_overlap(windows, tokenizer)
+    print()
+    _time_epoch(framework, windows, order, args.max_batches)
 
 
-def _first_batch(windows: TokenWindows, order: BatchOrder):
-    """The first batch's shapes, through PyTorch when it is installed (as the specification prints)."""
-    try:
-        from windowloader.adapters.torch import create_dataloader, create_dataset
-    except ImportError:
-        inputs, targets = windows.gather(order.batch(0, 0))
-        return inputs.shape, targets.shape
-    dataset = create_dataset(tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride)
-    inputs, targets = next(iter(create_dataloader(dataset, batch_size=order.batch_size, shuffle=False)))
-    return inputs.shape, targets.shape
+def _rows(corpus, windows: TokenWindows, order: BatchOrder, config: _Config, framework: str, inputs, targets):
+    n, length, stride = len(corpus), windows.max_length, windows.stride
+    last_target = windows.window_start(len(windows) - 1) + length
+    tail = n - 1 - last_target
+    served = len(windows) if not order.drop_last else len(order) * order.batch_size
+    overlap = max(0, length - stride)
+    preset = f", preset {config.preset}" if config.preset else ""
+    cache = "cache hit" if corpus.cached else "tokenized now"
+    rows = [
+        ("corpus", f"{corpus.meta['bytes']:,} bytes, {corpus.meta['tokenizer']} ({cache}: {corpus.path})"),
+        ("tokens", f"{n:,}"),
+        ("documents", f"{corpus.n_documents:,}"),
+        ("windows", f"{len(windows):,}  (max_length {length}, stride {stride}{preset})"),
+        ("batches per epoch", f"{len(order):,}  (batch_size {order.batch_size}, {'drop' if order.drop_last else 'keep'} last, "
+         f"{len(windows) - served:,} windows dropped)"),
+        ("tail never a target", f"{tail:,} tokens  ({100 * tail / n:.2f}% of the corpus)"),
+        ("overlap", f"{100 * overlap / length:.1f}%  ({overlap} tokens shared by consecutive windows)"),
+        ("targets per token", f"{served * length / n:.2f}  (times each token is a target per epoch, on average)"),
+        ("bytes per batch", f"{_nbytes(inputs) + _nbytes(targets):,}  (inputs + targets, {inputs.dtype})"),
+        ("batch shape", f"inputs {_shape(framework, inputs)}, targets {_shape(framework, targets)}"),
+    ]
+    if corpus.replaced_chars:
+        rows.append(("replaced chars", f"{corpus.replaced_chars:,}  (undecodable bytes read as U+FFFD)"))
+    return rows
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus) -> list[str]:
+    """One line for each configuration that is probably not what the user wants."""
+    length, stride, n = windows.max_length, windows.stride, len(corpus)
+    notes = []
+    if stride > length:
+        skipped = (stride - length) * (len(windows) - 1)
+        notes.append(
+            f"stride {stride} > max_length {length}: {skipped:,} tokens between windows "
+            f"({100 * skipped / n:.1f}%) are never seen; use stride <= max_length"
+        )
+    if 2 * stride < length and n < AUTO_THRESHOLDS[0]:
+        notes.append(
+            f"{100 * (length - stride) / length:.0f}% overlap on a small corpus ({n:,} tokens): each token is a "
+            f"target ~{length / stride:.0f}x per epoch, which risks overfitting (watch the validation loss)"
+        )
+    dropped = len(windows) - len(order) * order.batch_size
+    if order.drop_last and dropped > 0.1 * len(windows):
+        notes.append(f"drop_last drops {dropped:,} of {len(windows):,} windows each epoch: use --keep-last or a smaller --batch-size")
+    return notes
+
+
+def _batches(framework: str, windows: TokenWindows, order: BatchOrder):
+    """One epoch of `(inputs, targets)` from `framework`'s loader, in `order`'s batches."""
+    if framework == "numpy":
+        return (windows.gather(order.batch(0, step)) for step in range(len(order)))
+    if framework == "torch":
+        from windowloader.adapters import torch as adapter
+    else:
+        try:
+            from windowloader.adapters import jax as adapter
+        except ModuleNotFoundError as error:
+            if error.name != "windowloader.adapters.jax":
+                raise
+            raise _Failure("--framework jax needs windowloader.adapters.jax, which this install lacks") from None
+    dataset = adapter.create_dataset(tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride)
+    loader = adapter.create_dataloader(
+        dataset, batch_size=order.batch_size, shuffle=order.shuffle, drop_last=order.drop_last, seed=order.seed
+    )
+    return iter(loader)
+
+
+def _time_epoch(framework: str, windows: TokenWindows, order: BatchOrder, max_batches: int | None) -> None:
+    batches = _batches(framework, windows, order)
+    count = rows = 0
+    start = time.perf_counter()
+    last = None
+    for last in itertools.islice(batches, max_batches):
+        count += 1
+        rows += last[0].shape[0]
+    if last is not None and hasattr(last[0], "block_until_ready"):
+        last[0].block_until_ready()  # JAX dispatches asynchronously: wait for the last copy
+    seconds = max(time.perf_counter() - start, 1e-9)
+    what = f"{count:,} batches" if count < len(order) else f"one epoch ({count:,} batches)"
+    print(
+        f"iterated {what} with {framework} in {seconds:.3f} s: {count / seconds:,.0f} batches/s, "
+        f"{rows * windows.max_length / seconds:,.0f} tokens/s"
+    )
+
+
+def _nbytes(array) -> int:
+    if hasattr(array, "element_size"):  # torch
+        return array.element_size() * array.nelement()
+    return int(array.nbytes)
+
+
+def _shape(framework: str, array) -> str:
+    return str(array.shape) if framework == "torch" else str(tuple(array.shape))
 
 
 def _show_overlap(windows: TokenWindows, tokenizer) -> None:

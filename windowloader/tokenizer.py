@@ -1,4 +1,5 @@
-"""Tokenizer resolution: a tiktoken name, a `.tiktoken` file, the byte tokenizer, or your own object."""
+"""Tokenizer resolution: a tiktoken name, a `.tiktoken` file, a Hugging Face `tokenizer.json`,
+the byte tokenizer, or your own object."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ class ByteTokenizer:
     def encode_ordinary_batch(self, texts: list[str], **_: object) -> list[list[int]]:
         return [self.encode_ordinary(text) for text in texts]
 
+    def encode_to_numpy(self, text: str, **_: object) -> np.ndarray:
+        """The ordinary encoding as uint8, without a Python int per byte (special tokens ignored)."""
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
     def decode(self, ids) -> str:
         data = bytes(i for i in ids if i != self.eot_token)
         return data.decode("utf-8", errors="replace")
@@ -59,7 +64,9 @@ def load_tokenizer(spec="gpt2"):
 
     Args:
         spec: a tiktoken encoding name (`"gpt2"`, `"cl100k_base"`, ...), a path to a
-            `.tiktoken` file, `"bytes"`, or any object with `encode` and `decode` (returned as is).
+            `.tiktoken` file, a path to a Hugging Face `tokenizer.json` (needs
+            `pip install 'windowloader[hf]'`), `"bytes"`, or any object with `encode` and
+            `decode` (returned as is).
 
     Example:
         >>> from windowloader import load_tokenizer
@@ -77,13 +84,15 @@ def load_tokenizer(spec="gpt2"):
         return ByteTokenizer()
     if str(spec).endswith(".tiktoken"):
         return _tiktoken_file(Path(spec))
+    if str(spec).endswith(".json"):
+        return HFTokenizer(Path(spec))
     import tiktoken
 
     known = tiktoken.list_encoding_names()
     if spec not in known:
         raise ValueError(
             f"tokenizer {spec!r} is unknown: use one of {', '.join(known + ['bytes'])}, "
-            "a path to a .tiktoken file, or an object with encode() and decode()"
+            "a path to a .tiktoken file or a tokenizer.json, or an object with encode() and decode()"
         )
     return tiktoken.get_encoding(spec)
 
@@ -102,6 +111,54 @@ def _tiktoken_file(path: Path):
     return tiktoken.Encoding(
         name=path.stem, pat_str=pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: len(ranks)}
     )
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json`, through the optional `tokenizers` package.
+
+    Tokens the file declares as added (special) tokens, `<|endoftext|>` among them, are always
+    matched as such: the `tokenizers` library offers no ordinary-text mode for them.
+
+    Example:
+        >>> from windowloader import load_tokenizer
+        >>> tok = load_tokenizer("gpt2-hf/tokenizer.json")   # pip install 'windowloader[hf]'
+        >>> tok.decode(tok.encode("Hello world"))
+        'Hello world'
+    """
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise ValueError(f"tokenizer file {str(path)!r} does not exist")
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as error:
+            raise ImportError(
+                "a tokenizer.json needs the tokenizers package: pip install 'windowloader[hf]'"
+            ) from error
+        self.path = path
+        self._tokenizer = Tokenizer.from_file(str(path))
+        self.name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.stem
+        self.n_vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eot_token = self._tokenizer.token_to_id(ENDOFTEXT)
+
+    def encode(self, text: str, *, allowed_special=frozenset()) -> list[int]:
+        return self.encode_ordinary(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_ordinary_batch(self, texts: list[str], **_: object) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def __reduce__(self):
+        # Rebuilt from the file in worker processes.
+        return (HFTokenizer, (self.path,))
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer({str(self.path)!r})"
 
 
 def encode(tokenizer, text: str) -> list[int]:

@@ -1,0 +1,212 @@
+"""Corpus sources: what `tokenize_corpus` reads, in a fixed order, as a stream of text pieces.
+
+A source is text (a `str`), a file, a directory (read recursively), a glob pattern or a
+`.jsonl` file (one document per line). Files are read in sorted order so that the same sources
+give the same stream on every machine, and big files are read in pieces so that no file is ever
+held whole in memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Text-like files that a directory contributes unless `suffixes` says otherwise.
+DEFAULT_SUFFIXES = (
+    ".txt", ".text", ".md", ".markdown", ".rst", ".tex", ".html", ".htm", ".xml", ".csv", ".tsv",
+    ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".rb", ".sh",
+    ".jsonl",
+)
+_GLOB_CHARS = frozenset("*?[")
+# Files are read this many bytes at a time and handed on as pieces of about this many characters.
+_READ_BYTES = 1 << 20
+_PIECE_CHARS = 1 << 20
+# A piece with no safe cut point (a file without line breaks) is cut anyway beyond this size.
+_MAX_PIECE_CHARS = 16 << 20
+_REPLACEMENT_BYTES = "\ufffd".encode()
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One resolved source: `text` for a string, else a `path` read as `kind` "file" or "jsonl"."""
+
+    kind: str
+    path: Path | None = None
+    text: str | None = None
+
+    def fingerprint(self) -> dict:
+        """What identifies this source in a cache key: path, size and mtime, or a text hash."""
+        if self.text is not None:
+            digest = hashlib.blake2b(self.text.encode("utf-8", "surrogatepass"), digest_size=16)
+            return {"text": digest.hexdigest(), "chars": len(self.text)}
+        stat = self.path.stat()
+        return {"path": str(self.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def size(self) -> int:
+        """Bytes to read (UTF-8 bytes for text), for the progress bar and the empty-corpus check."""
+        return len(self.text.encode("utf-8", "surrogatepass")) if self.text is not None else self.path.stat().st_size
+
+
+@dataclass
+class ReadStats:
+    """What reading found: documents, bytes read and undecodable characters replaced."""
+
+    documents: int = 0
+    bytes_read: int = 0
+    replaced_chars: int = 0
+
+
+def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Source]:
+    """Turns `sources` into a list of `Source`, checking that every path exists.
+
+    Args:
+        sources: a `str` (the text itself), a `pathlib.Path` (a file, a directory or a glob
+            pattern), or a list of these. Lists keep their order; a directory or a glob
+            contributes its files in sorted order.
+        suffixes: the file name endings a directory or a glob contributes (case-insensitive).
+
+    Raises:
+        ValueError: a path does not exist, or a directory or glob holds no matching file.
+        TypeError: a source is neither a `str` nor a path.
+    """
+    items = list(sources) if isinstance(sources, (list, tuple)) else [sources]
+    if not items:
+        raise ValueError("sources is empty: pass text, a file, a directory, a glob or a list of them")
+    wanted = tuple(suffix.lower() for suffix in suffixes)
+    resolved: list[Source] = []
+    for item in items:
+        if isinstance(item, str):
+            resolved.append(Source("text", text=item))
+        elif isinstance(item, os.PathLike):
+            resolved.extend(_from_path(Path(item), wanted))
+        else:
+            raise TypeError(
+                f"sources must hold str (text) or pathlib.Path (file, directory, glob), got "
+                f"{type(item).__name__}: wrap file names in pathlib.Path"
+            )
+    return resolved
+
+
+def _from_path(path: Path, suffixes: tuple[str, ...]) -> list[Source]:
+    if _GLOB_CHARS & set(str(path)):
+        names = sorted(glob.glob(str(path), recursive=True))
+        files = [Path(name) for name in names if Path(name).is_file() and name.lower().endswith(suffixes)]
+        if not files:
+            raise ValueError(f"glob {str(path)!r} matches no file ending in {', '.join(suffixes)}")
+        return [_file(file) for file in files]
+    if path.is_dir():
+        # Sorted by relative path, so that the stream does not depend on the file system's order.
+        files = sorted(
+            (p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)),
+            key=lambda p: p.relative_to(path).as_posix(),
+        )
+        if not files:
+            raise ValueError(f"directory {str(path)!r} holds no file ending in {', '.join(suffixes)}")
+        return [_file(file) for file in files]
+    if not path.is_file():
+        raise ValueError(f"input {str(path)!r} does not exist: check the path")
+    return [_file(path)]
+
+
+def _file(path: Path) -> Source:
+    return Source("jsonl" if path.suffix.lower() == ".jsonl" else "file", path=path.resolve())
+
+
+def pieces(sources: list[Source], *, separator: str, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
+    """Yields `(text, starts_document)`: every document of `sources`, in order, in pieces.
+
+    A text source is split into documents at `separator`; a file is one document; a `.jsonl`
+    line is one document (its `text_field`). Counts go to `stats` as reading proceeds.
+    """
+    for source in sources:
+        if source.text is not None:
+            documents = source.text.split(separator) if separator else [source.text]
+            stats.bytes_read += source.size()
+            for document in documents:
+                yield from _document(iter([document]), stats)
+        elif source.kind == "jsonl":
+            yield from _jsonl(source.path, text_field, stats)
+        else:
+            yield from _document(_file_text(source.path, stats), stats)
+
+
+def _document(texts: Iterator[str], stats: ReadStats) -> Iterator[tuple[str, bool]]:
+    """One document's text, arriving in parts, re-cut into pieces where tokenizers split anyway."""
+    stats.documents += 1
+    first, buffer = True, ""
+    for text in texts:
+        buffer += text
+        while len(buffer) > _PIECE_CHARS:
+            cut = _cut_point(buffer, _PIECE_CHARS) or (_MAX_PIECE_CHARS if len(buffer) > _MAX_PIECE_CHARS else 0)
+            if not cut:
+                break  # no safe cut yet: wait for more text
+            yield buffer[:cut], first
+            first, buffer = False, buffer[cut:]
+    if buffer or first:
+        yield buffer, first
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """The last safe cut at or before `limit`, else the first after it, else 0.
+
+    A safe cut is just after a lone line break between two non-space characters: GPT-2's and
+    cl100k's pre-tokenizers make that break a token of its own or end the token before it with
+    it, so encoding both sides separately gives the same ids as encoding the whole.
+    """
+    end = limit
+    while (i := text.rfind("\n", 0, end)) > 0:
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i + 1
+        end = i
+    match = _SAFE_CUT.search(text, limit)
+    return match.end() if match and match.end() < len(text) else 0
+
+
+def _file_text(path: Path, stats: ReadStats) -> Iterator[str]:
+    """A file's text, decoded chunk by chunk; undecodable bytes become U+FFFD and are counted."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = b""
+    with open(path, "rb") as file:
+        while chunk := file.read(_READ_BYTES):
+            stats.bytes_read += len(chunk)
+            text = decoder.decode(chunk)
+            # U+FFFD already in the file is not a replacement; the 2-byte tail catches one split
+            # across two chunks, and counts each exactly once (in the chunk holding its last byte).
+            stats.replaced_chars += text.count("\ufffd") - (tail + chunk).count(_REPLACEMENT_BYTES)
+            tail = chunk[-2:]
+            yield text
+        text = decoder.decode(b"", final=True)
+        stats.replaced_chars += text.count("\ufffd")
+        yield text
+
+
+def _jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            stats.bytes_read += len(raw)
+            line = raw.decode("utf-8", errors="replace")
+            stats.replaced_chars += line.count("\ufffd") - raw.count(_REPLACEMENT_BYTES)
+            if not line.strip():
+                continue
+            yield from _document(iter([_field(line, text_field, path, number)]), stats)
+
+
+def _field(line: str, text_field: str, path: Path, number: int) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}): fix or remove the line") from None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise ValueError(
+            f"{path}:{number} has no string field {text_field!r}: pass text_field= "
+            "(--text-field) naming the field that holds the text"
+        )
+    return record[text_field]
