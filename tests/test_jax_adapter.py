@@ -1,0 +1,378 @@
+"""JAX adapter on 4 CPU devices: sharding, meshes, equality with the torch adapter, resume across
+frameworks, device prefetch (errors, shutdown, state), the padded last batch, and bad input.
+
+Expected batches come from tests/reference.py (plain Python) and the spec's order (numpy's
+Generator seeded (seed, epoch)), never from the library's own code.
+"""
+
+import os
+
+# Before jax makes its CPU backend (it does so lazily, at the first device query).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+
+import gc  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from jax.sharding import Mesh, PartitionSpec  # noqa: E402
+
+from reference import reference_batches, reference_windows  # noqa: E402
+from windowloader.adapters import torch as wl_torch  # noqa: E402
+from windowloader.adapters.jax import create_dataloader, create_dataset  # noqa: E402
+
+MAX_LENGTH, STRIDE = 8, 5
+# 203 ids up to 50256 (gpt2's largest), so int16 cannot hold them: 39 windows.
+TOKENS = (np.arange(203) * 7919 % 50257).astype(np.uint16)
+TOKENS[-1] = 50256
+
+
+@pytest.fixture(scope="module", autouse=True)
+def four_devices():
+    assert jax.device_count() == 4, (
+        "these tests need 4 CPU devices: jax made its backend before this module set XLA_FLAGS"
+    )
+
+
+@pytest.fixture
+def no_leaked_threads():
+    yield
+    gc.collect()
+    assert not prefetch_threads(), "a prefetch thread outlived its loop"
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "windowloader-prefetch" and t.is_alive()]
+
+
+def reference_weights(index):
+    """1 for each target the previous window did not already predict, else 0."""
+    previous = set(range((index - 1) * STRIDE + 1, (index - 1) * STRIDE + MAX_LENGTH + 1)) if index else set()
+    return [0.0 if index * STRIDE + 1 + j in previous else 1.0 for j in range(MAX_LENGTH)]
+
+
+def expected_rows(seed, epoch, shuffle, batch_size, drop_last=True):
+    """Global batches of window indices, in plain Python, per the spec's order."""
+    n = len(reference_windows(TOKENS, MAX_LENGTH, STRIDE))
+    order = np.random.default_rng((seed, epoch)).permutation(n).tolist() if shuffle else list(range(n))
+    stop = n - n % batch_size if drop_last else n
+    return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
+
+
+def as_lists(batch):
+    return [np.asarray(array).tolist() for array in batch]
+
+
+def mesh_2d():
+    return Mesh(np.asarray(jax.devices()).reshape(2, 2), ("data", "model"))
+
+
+def dataset(**kwargs):
+    return create_dataset("gpt_v1", tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE, **kwargs)
+
+
+def test_batches_are_global_int32_arrays_split_over_every_device():
+    loader = create_dataloader(dataset(), batch_size=8, shuffle=False, seed=0)
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    batches = list(loader)
+    assert [as_lists(b) for b in batches] == [list(b) for b in reference_batches(windows, 8)]
+    inputs, targets = batches[0]
+    assert inputs.shape == targets.shape == (8, MAX_LENGTH) and inputs.dtype == jnp.int32
+    assert inputs.sharding.spec == PartitionSpec("data", None)
+    assert inputs.sharding.mesh.shape == {"data": 4}
+    for shard in inputs.addressable_shards:
+        rows = range(8)[shard.index[0]]
+        assert np.asarray(shard.data).tolist() == [windows[i][0] for i in rows] and len(rows) == 2
+
+
+def test_a_2d_mesh_splits_over_data_and_replicates_over_model():
+    inputs, _ = next(iter(create_dataloader(dataset(), batch_size=4, shuffle=False, mesh=mesh_2d())))
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    assert inputs.sharding.spec == PartitionSpec("data", None)
+    held = {}
+    for shard in inputs.addressable_shards:
+        rows = range(4)[shard.index[0]]
+        assert len(rows) == 2 and np.asarray(shard.data).tolist() == [windows[i][0] for i in rows]
+        held.setdefault((rows.start, rows.stop), []).append(shard.device)
+    assert sorted(held) == [(0, 2), (2, 4)] and all(len(d) == 2 for d in held.values())
+
+
+def test_a_tuple_data_axis_splits_over_both_axes():
+    loader = create_dataloader(dataset(), batch_size=4, shuffle=False, mesh=mesh_2d(), data_axis=("data", "model"))
+    inputs, _ = next(iter(loader))
+    assert inputs.sharding.spec == PartitionSpec(("data", "model"), None)
+    assert sorted(range(4)[s.index[0]].start for s in inputs.addressable_shards) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("mesh", [None, "2d"], ids=["default-mesh", "2d-mesh"])
+def test_batches_feed_a_jitted_flax_step(mesh):
+    import optax
+    from flax import nnx
+
+    class Tiny(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(50257, 4, rngs=rngs)
+            self.out = nnx.Linear(4, 50257, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.embed(x))
+
+    model = Tiny(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, inputs, targets, weights, mask):
+        def loss_fn(model):
+            losses = optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets)
+            weighted = losses * weights * mask[:, None]
+            return weighted.sum() / jnp.maximum(weights.sum(), 1.0)
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    loader = create_dataloader(dataset(return_weights=True), batch_size=8, drop_last=False, seed=1,
+                               mesh=mesh_2d() if mesh else None)
+    losses = [float(step(model, optimizer, *batch)) for batch in loader]
+    assert len(losses) == 5 and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["ordered", "shuffled"])
+@pytest.mark.parametrize("weights", [False, True], ids=["no-weights", "weights"])
+def test_batch_k_equals_the_torch_adapters_batch_k(shuffle, weights):
+    torch_kwargs = {"return_weights": True} if weights and _torch_has_weights() else {}
+    torch_set = wl_torch.create_dataset("gpt_v1", tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE, **torch_kwargs)
+    torch_loader = wl_torch.create_dataloader(torch_set, batch_size=4, shuffle=shuffle, seed=11)
+    jax_loader = create_dataloader(dataset(return_weights=weights), batch_size=4, shuffle=shuffle, seed=11)
+    for epoch in range(2):
+        jax_batches, torch_batches = list(jax_loader), list(torch_loader)
+        want = expected_rows(11, epoch, shuffle, 4)
+        assert len(jax_batches) == len(torch_batches) == len(want)
+        for got, theirs, rows in zip(jax_batches, torch_batches, want):
+            assert as_lists(got[:2]) == [t.tolist() for t in theirs[:2]]
+            if weights:
+                assert np.asarray(got[2]).tolist() == [reference_weights(i) for i in rows]
+                if torch_kwargs:
+                    assert np.asarray(got[2]).tolist() == theirs[2].tolist()
+
+
+def _torch_has_weights():
+    return "return_weights" in inspect.signature(wl_torch.create_dataset).parameters
+
+
+def _take(loader, n):
+    iterator = iter(loader)
+    taken = [next(iterator) for _ in range(n)]
+    iterator.close()
+    return taken
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["ordered", "shuffled"])
+def test_a_torch_state_resumes_here_and_a_jax_state_resumes_in_torch(shuffle):
+    def torch_loader():
+        data = wl_torch.create_dataset("gpt_v1", tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE)
+        return wl_torch.create_dataloader(data, batch_size=4, shuffle=shuffle, seed=5)
+
+    all_rows = expected_rows(5, 0, shuffle, 4) + expected_rows(5, 1, shuffle, 4)
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    want = [[[windows[i][0] for i in rows], [windows[i][1] for i in rows]] for rows in all_rows]
+
+    source = torch_loader()
+    _take(source, 7)
+    state = json.loads(json.dumps(source.state_dict()))  # plain ints and strings
+    resumed = create_dataloader(dataset(), batch_size=4, shuffle=shuffle, seed=999)
+    resumed.load_state_dict(state)
+    assert [as_lists(b) for b in list(resumed)] == want[7:9]
+    assert [as_lists(b) for b in _take(resumed, 3)] == want[9:12]
+
+    back = torch_loader()
+    back.load_state_dict(json.loads(json.dumps(resumed.state_dict())))
+    assert [[t.tolist() for t in b] for b in _take(back, 4)] == want[12:16]
+
+
+def test_a_state_from_another_configuration_is_refused():
+    state = create_dataloader(dataset(), batch_size=4, seed=0).state_dict()
+    with pytest.raises(ValueError, match="global_batch_size"):
+        create_dataloader(dataset(), batch_size=8, seed=0).load_state_dict(state)
+
+
+def test_state_counts_batches_handed_out_not_those_in_the_queue(no_leaked_threads):
+    loader = create_dataloader(dataset(), batch_size=4, shuffle=True, seed=2, prefetch=4)
+    want = expected_rows(2, 0, True, 4)
+    iterator = iter(loader)
+    first = next(iterator)
+    assert loader.state_dict()["step"] == 1
+    for _ in range(2):
+        next(iterator)
+    assert loader.state_dict()["step"] == 3
+    iterator.close()
+    rest = list(loader)  # continues with batch 3 although the thread had built more
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    assert np.asarray(first[0]).tolist() == [windows[i][0] for i in want[0]]
+    assert [np.asarray(b[0]).tolist() for b in rest] == [[windows[i][0] for i in r] for r in want[3:]]
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["step"] == 0
+
+
+def test_prefetch_0_is_synchronous_and_serves_the_same_batches():
+    sync = create_dataloader(dataset(), batch_size=4, seed=3, prefetch=0)
+    threaded = create_dataloader(dataset(), batch_size=4, seed=3, prefetch=2)
+    served = []
+    for batch in sync:
+        assert not prefetch_threads()
+        served.append(as_lists(batch))
+    assert served == [as_lists(b) for b in threaded]
+
+
+def _exploding_gather(*args, **kwargs):
+    raise RuntimeError("disk on fire")
+
+
+def test_an_error_in_the_prefetch_thread_is_raised_in_the_loop_with_its_traceback(no_leaked_threads):
+    data = dataset()
+    loader = create_dataloader(data, batch_size=4, seed=0, prefetch=2)
+    real_gather, calls = data.windows.gather, []
+
+    def gather(*args, **kwargs):
+        calls.append(1)
+        return _exploding_gather() if len(calls) == 3 else real_gather(*args, **kwargs)
+
+    data.windows.gather = gather
+    served = 0
+    with pytest.raises(RuntimeError, match="disk on fire") as raised:
+        for _ in loader:
+            served += 1
+    assert served == 2 and loader.state_dict()["step"] == 2
+    frames = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
+    assert "_exploding_gather" in frames and "_produce" in frames
+
+
+@pytest.mark.parametrize("how", ["break", "garbage-collected"])
+def test_leaving_the_loop_stops_the_prefetch_thread(how, no_leaked_threads):
+    data = dataset()
+    loader = create_dataloader(data, batch_size=4, seed=0, prefetch=1)
+    real_gather = data.windows.gather
+
+    def slow_gather(*args, **kwargs):  # the thread is mid-batch when the loop ends: it is waited for
+        time.sleep(0.2)
+        return real_gather(*args, **kwargs)
+
+    data.windows.gather = slow_gather
+    if how == "break":
+        for _ in loader:
+            assert prefetch_threads()
+            break
+    else:
+        iterator = iter(loader)
+        next(iterator)
+        assert prefetch_threads()
+        del iterator
+    gc.collect()
+    assert not prefetch_threads()
+    assert loader.state_dict()["step"] == 1
+
+
+_EXIT_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, {tests!r})
+import numpy as np
+from windowloader.adapters.jax import create_dataset, create_dataloader
+from test_jax_adapter import TOKENS
+loader = create_dataloader(create_dataset(tokens=TOKENS, max_length=8, stride=5), batch_size=4, seed=0, prefetch=1)
+iterator = iter(loader)
+next(iterator)  # the thread now waits on a full queue; the interpreter exits with it alive
+print("served", loader.state_dict()["step"])
+"""
+
+
+def test_interpreter_exit_with_a_prefetching_loop_open_does_not_hang():
+    script = _EXIT_SCRIPT.format(tests=os.path.dirname(__file__))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "served 1"
+
+
+@pytest.mark.parametrize("weights", [False, True], ids=["no-weights", "weights"])
+def test_drop_last_false_pads_the_last_batch_and_masks_the_padding(weights):
+    loader = create_dataloader(dataset(return_weights=weights), batch_size=8, shuffle=True, drop_last=False, seed=4)
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    batches = list(loader)
+    want = expected_rows(4, 0, True, 8, drop_last=False)
+    assert len(batches) == len(want) == 5 and len(want[-1]) == 7
+    for batch, rows in zip(batches, want):
+        pad = 8 - len(rows)
+        assert all(array.shape[0] == 8 for array in batch) and len(batch) == 3 + weights
+        mask = batch[-1]
+        assert mask.dtype == jnp.bool_ and mask.sharding.spec == PartitionSpec("data")
+        assert np.asarray(mask).tolist() == [True] * len(rows) + [False] * pad
+        assert np.asarray(batch[0]).tolist() == [windows[i][0] for i in rows] + [[0] * MAX_LENGTH] * pad
+        assert np.asarray(batch[1]).tolist() == [windows[i][1] for i in rows] + [[0] * MAX_LENGTH] * pad
+        if weights:
+            assert np.asarray(batch[2]).tolist() == [reference_weights(i) for i in rows] + [[0.0] * MAX_LENGTH] * pad
+
+
+def test_the_default_mesh_is_every_device_on_data():
+    inputs, _ = next(iter(create_dataloader(dataset(), batch_size=4, seed=0)))
+    assert inputs.sharding.mesh.axis_names == ("data",)
+    assert set(inputs.sharding.mesh.devices.flat) == set(jax.devices())
+
+
+def test_a_dtype_that_holds_the_vocabulary_is_used_as_is():
+    inputs, _ = next(iter(create_dataloader(dataset(), batch_size=4, dtype=jnp.uint16, seed=0)))
+    assert inputs.dtype == jnp.uint16
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"mesh": mesh_2d, "data_axis": "batch"}, ValueError, ["data_axis='batch'", "('data', 'model')"]),
+        ({"data_axis": ("data", "x")}, ValueError, ["'x'", "('data',)"]),
+        ({"data_axis": ["data"]}, TypeError, ["data_axis", "['data']"]),
+        ({"batch_size": 6}, ValueError, ["batch_size=6", "data axis size 4", "batch_size=4 or 8"]),
+        ({"batch_size": 2}, ValueError, ["batch_size=2", "size 4", "batch_size=4"]),
+        ({"batch_size": 0}, ValueError, ["batch_size"]),
+        ({"dtype": jnp.int16}, ValueError, ["int16", "50256", "32767", "jnp.int32"]),
+        ({"dtype": jnp.float32}, TypeError, ["dtype", "float32"]),
+        ({"dtype": jnp.int64}, ValueError, ["int64", "jax_enable_x64"]),
+        ({"dtype": "tokens"}, TypeError, ["dtype", "'tokens'"]),
+        ({"mesh": "data"}, TypeError, ["mesh", "str"]),
+        ({"prefetch": -1}, ValueError, ["prefetch", "-1"]),
+        ({"shuffle": "yes"}, TypeError, ["shuffle", "'yes'"]),
+    ],
+    ids=["mesh-without-axis", "tuple-axis-missing", "axis-as-list", "indivisible-batch",
+         "batch-below-axis", "zero-batch", "dtype-too-small", "float-dtype", "int64-without-x64",
+         "not-a-dtype", "not-a-mesh", "negative-prefetch", "shuffle-not-bool"],
+)
+def test_bad_arguments_are_refused_with_the_value_and_the_fix(kwargs, error, words):
+    kwargs = {"batch_size": 4, **{k: v() if callable(v) and k == "mesh" else v for k, v in kwargs.items()}}
+    with pytest.raises(error) as raised:
+        create_dataloader(dataset(), **kwargs)
+    for word in words:
+        assert word in str(raised.value)
+
+
+def test_bad_datasets_are_refused():
+    torch_set = wl_torch.create_dataset("gpt_v1", tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE)
+    with pytest.raises(TypeError, match="windowloader.adapters.jax.create_dataset"):
+        create_dataloader(torch_set, batch_size=4)
+    with pytest.raises(ValueError, match="gpt_v2"):
+        create_dataset("gpt_v2", tokens=TOKENS)
+    with pytest.raises(TypeError, match="return_weights"):
+        create_dataset(tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE, return_weights=1)
+
+
+def test_text_is_tokenized_like_the_torch_adapter(gpt2):
+    text = "Hello world. <|endoftext|> The quick brown fox jumps over the lazy dog. " * 4
+    ours = create_dataset(txt=text, tokenizer=gpt2, max_length=4, stride=3)
+    ids = gpt2.encode(text, allowed_special={"<|endoftext|>"})
+    loader = create_dataloader(ours, batch_size=4, shuffle=False)
+    assert as_lists(next(iter(loader))) == [list(x) for x in reference_batches(reference_windows(ids, 4, 3), 4)[0]]
