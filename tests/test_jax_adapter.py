@@ -194,6 +194,17 @@ def test_a_torch_state_resumes_here_and_a_jax_state_resumes_in_torch(shuffle):
     assert [[t.tolist() for t in b] for b in _take(back, 4)] == want[12:16]
 
 
+def test_a_two_rank_torch_state_resumes_a_global_batch_of_both_ranks():
+    data = wl_torch.create_dataset("gpt_v1", tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE)
+    rank0 = wl_torch.create_dataloader(data, batch_size=2, seed=8, rank=0, world_size=2)
+    _take(rank0, 3)
+    resumed = create_dataloader(dataset(), batch_size=4, seed=0)  # 2 per rank x 2 ranks
+    resumed.load_state_dict(rank0.state_dict())
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    want = expected_rows(8, 0, True, 4)[3]
+    assert np.asarray(next(iter(resumed))[0]).tolist() == [windows[i][0] for i in want]
+
+
 def test_a_state_from_another_configuration_is_refused():
     state = create_dataloader(dataset(), batch_size=4, seed=0).state_dict()
     with pytest.raises(ValueError, match="global_batch_size"):
