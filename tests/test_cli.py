@@ -1,0 +1,252 @@
+"""The `windowloader` command: its plan checked against numbers computed here, and its failures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from windowloader import cli
+
+TEXT = "Every line of this small corpus is a line of plain ASCII text.\n" * 12  # 756 bytes
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def row(out: str, label: str) -> str:
+    match = re.search(rf"^{label}\s{{2,}}(.*)$", out, re.MULTILINE)
+    assert match, f"no {label!r} row in:\n{out}"
+    return match.group(1)
+
+
+def number(out: str, label: str) -> float:
+    return float(row(out, label).split()[0].rstrip("%").replace(",", ""))
+
+
+def plan(n_tokens: int, length: int, stride: int, batch: int, drop_last: bool) -> dict:
+    """The plan's numbers by brute force over window starts, independent of the library."""
+    starts = []
+    start = 0
+    while start + length + 1 <= n_tokens:  # a window reads length + 1 tokens
+        starts.append(start)
+        start += stride
+    served = len(starts) - len(starts) % batch if drop_last else len(starts)
+    targets = set()
+    for s in starts:
+        targets.update(range(s + 1, s + length + 1))
+    return {
+        "windows": len(starts),
+        "batches": served // batch + (0 if served % batch == 0 else 1),
+        "tail": n_tokens - 1 - max(targets),
+        "never": n_tokens - len(targets),
+        "targets per token": served * length / n_tokens,
+        "overlap": 100 * max(0, length - stride) / length,
+    }
+
+
+@pytest.fixture
+def small_file(tmp_path) -> Path:
+    path = tmp_path / "small.txt"
+    path.write_text(TEXT, encoding="ascii")
+    return path
+
+
+@pytest.fixture
+def cache_args(tmp_path) -> list[str]:
+    return ["--cache-dir", tmp_path / "cache"]
+
+
+@pytest.mark.parametrize(
+    "length, stride, batch, drop_last",
+    [(16, 8, 4, True), (32, 48, 3, False), (10, 3, 7, True), (64, 64, 2, False)],
+    ids=["half-overlap", "stride-over-length", "drop-many", "no-overlap-keep-last"],
+)
+def test_plan_numbers_match_an_independent_count(small_file, cache_args, capsys, length, stride, batch, drop_last):
+    argv = [small_file, "--tokenizer", "bytes", "--max-length", length, "--stride", stride, "--batch-size", batch,
+            "--drop-last" if drop_last else "--keep-last", "--framework", "numpy", *cache_args]
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    expected = plan(len(TEXT.encode()), length, stride, batch, drop_last)
+    assert number(out, "tokens") == len(TEXT.encode())
+    assert number(out, "documents") == 1
+    assert number(out, "windows") == expected["windows"]
+    assert number(out, "batches per epoch") == expected["batches"]
+    assert number(out, "tail never a target") == expected["tail"]
+    assert number(out, "overlap") == pytest.approx(expected["overlap"], abs=0.05)
+    assert number(out, "targets per token") == pytest.approx(expected["targets per token"], abs=0.005)
+    assert number(out, "bytes per batch") == 2 * batch * length * 8  # int64 inputs and targets
+    assert f"iterated one epoch ({expected['batches']} batches)" in out
+
+
+def test_stride_over_max_length_is_noted_with_the_skipped_tokens(small_file, cache_args, capsys):
+    _, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 32, "--stride", 48, *cache_args], capsys)
+    expected = plan(len(TEXT.encode()), 32, 48, 4, True)
+    skipped = expected["never"] - expected["tail"] - 1  # never a target, minus the tail and token 0
+    assert f"note: stride 48 > max_length 32: {skipped:,} tokens between windows" in out
+
+
+def test_high_overlap_on_a_small_corpus_is_noted(small_file, cache_args, capsys):
+    _, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 64, "--stride", 8, *cache_args], capsys)
+    assert re.search(r"^note: 88% overlap on a small corpus .*overfitting", out, re.MULTILINE)
+
+
+def test_documents_are_counted_across_files(tmp_path, cache_args, capsys):
+    (tmp_path / "a.txt").write_text("first file " * 10)
+    (tmp_path / "b.txt").write_text("second file " * 10)
+    _, out, _ = run([tmp_path / "a.txt", tmp_path / "b.txt", "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, *cache_args], capsys)
+    assert number(out, "documents") == 2
+    assert number(out, "tokens") == 110 + 1 + 120  # bytes, the separator id, bytes
+
+
+def test_spec_defaults_on_the_embedded_corpus(cache_args, capsys, gpt2):
+    code, out, err = run(["--max-length", 256, "--stride", 128, "--batch-size", 4, *cache_args], capsys)
+    assert code == 0 and err == ""
+    text = cli.default_corpus()
+    n = len(gpt2.encode(text, allowed_special={"<|endoftext|>"}))
+    assert number(out, "tokens") == n
+    assert number(out, "windows") == len(range(0, n - 256, 128))
+    assert "inputs torch.Size([4, 256]), targets torch.Size([4, 256])" in out
+    assert "window 0 = tokens[0:256]" in out
+    assert "window 1 = tokens[128:384]  <- 128 tokens overlap (50%)" in out
+    # The 128 shared tokens close window 0 and open window 1, in brackets.
+    ids = gpt2.encode(text, allowed_special={"<|endoftext|>"})
+    shared = "[" + cli._clip(gpt2.decode(ids[128:256])) + "]"
+    window0, window1 = out.split("window 0 = ")[1].split("window 1 = ")
+    assert window0.strip().endswith(shared)
+    assert window1.splitlines()[1].strip().startswith(shared)
+
+
+@pytest.mark.parametrize("preset, expected", [("small", (256, 64, 4)), ("medium", (512, 256, 16)), ("large", (1024, 1024, 32))])
+def test_presets_follow_the_specification_table(tmp_path, cache_args, capsys, preset, expected):
+    path = tmp_path / "long.txt"
+    path.write_text("x" * 3000)
+    _, out, _ = run([path, "--tokenizer", "bytes", "--preset", preset, "--keep-last", "--max-batches", 1, *cache_args], capsys)
+    length, stride, batch = expected
+    assert f"(max_length {length}, stride {stride}, preset {preset})" in row(out, "windows")
+    assert f"(batch_size {batch}," in row(out, "batches per epoch")
+
+
+def test_auto_picks_small_for_a_small_corpus_and_flags_win(small_file, cache_args, capsys):
+    _, out, _ = run([small_file, "--tokenizer", "bytes", "--preset", "auto", "--max-length", 100, *cache_args], capsys)
+    assert "(max_length 100, stride 64, preset small)" in row(out, "windows")
+
+
+@pytest.mark.parametrize("tokens, preset", [(999_999, "small"), (1_000_000, "medium"), (99_999_999, "medium"), (100_000_000, "large")])
+def test_auto_thresholds(tokens, preset):
+    args = cli.build_parser().parse_args(["--preset", "auto"])
+    assert cli._config(args, tokens).preset == preset
+
+
+def test_max_batches_and_the_iteration_report(small_file, cache_args, capsys):
+    _, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, "--max-batches", 3, *cache_args], capsys)
+    assert re.search(r"^iterated 3 batches with torch in [\d.]+ s: [\d,]+ batches/s, [\d,]+ tokens/s$", out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
+def test_each_framework_serves_the_batches(small_file, cache_args, capsys, framework):
+    code, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 16, "--stride", 8, "--framework", framework, "--max-batches", 2, *cache_args], capsys)
+    assert code == 0
+    assert f"iterated 2 batches with {framework}" in out
+    assert row(out, "batch shape") in ("inputs (4, 16), targets (4, 16)", "inputs torch.Size([4, 16]), targets torch.Size([4, 16])")
+    # JAX serves int32 (its default without x64); numpy and torch serve int64.
+    itemsize = 4 if framework == "jax" else 8
+    assert row(out, "bytes per batch").endswith(f"int{8 * itemsize})")
+    assert number(out, "bytes per batch") == 2 * 4 * 16 * itemsize
+
+
+def test_prepare_prints_the_cache_path(small_file, cache_args, capsys):
+    code, out, err = run(["prepare", small_file, "--tokenizer", "bytes", *cache_args], capsys)
+    path = Path(out.strip())
+    assert code == 0 and path.is_file() and path.stat().st_size == len(TEXT.encode()) * 2
+    assert run(["prepare", small_file, "--tokenizer", "bytes", *cache_args], capsys)[1] == out
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("windowloader: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "make_argv, expected",
+    [
+        (lambda tmp: [tmp / "missing.txt"], r"input '.*missing.txt' does not exist"),
+        (lambda tmp: [_write(tmp / "empty.txt", "")], r"the corpus is empty"),
+        (lambda tmp: [_write(tmp / "short.txt", "tiny"), "--max-length", "8"], r"4 tokens, shorter than one window .*--max-length"),
+        (lambda tmp: [_write(tmp / "a.txt", "text"), "--tokenizer", "nonesuch"], r"tokenizer 'nonesuch' is unknown"),
+        (lambda tmp: [_write(tmp / "a.txt", "text"), "--cache-dir", _write(tmp / "f", "") / "sub"], r"cache_dir .* cannot be created"),
+        (lambda tmp: [_write(tmp / "a.txt", "text " * 20), "--max-length", "8", "--batch-size", "999"], r"batch_size=999"),
+    ],
+    ids=["missing-file", "empty-corpus", "shorter-than-a-window", "unknown-tokenizer", "unusable-cache-dir", "batch-too-big"],
+)
+def test_each_failure_is_one_line_and_status_2(tmp_path, cache_args, capsys, make_argv, expected):
+    argv = make_argv(tmp_path)
+    argv = argv + (["--tokenizer", "bytes"] if "--tokenizer" not in argv else []) + (cache_args if "--cache-dir" not in argv else [])
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    assert re.search(expected, one_error_line(err))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_bad_flag_exits_2_with_one_line_naming_it(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--stride", "0"])
+    assert exit_info.value.code == 2
+    assert "--stride" in one_error_line(capsys.readouterr().err)
+
+
+def offline(monkeypatch):
+    import tiktoken
+
+    def no_network(name):
+        raise ConnectionError(f"cannot download {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
+
+
+def test_default_tokenizer_offline_falls_back_to_bytes_loudly(small_file, cache_args, capsys, monkeypatch):
+    offline(monkeypatch)
+    code, out, err = run([small_file, "--max-length", 16, *cache_args], capsys)
+    assert code == 0
+    [notice] = err.strip().splitlines()
+    assert "TIKTOKEN_CACHE_DIR" in notice and "--tokenizer" in notice and "bytes" in notice
+    assert number(out, "tokens") == len(TEXT.encode())
+
+
+def test_a_named_tokenizer_never_falls_back(small_file, cache_args, capsys, monkeypatch):
+    offline(monkeypatch)
+    code, out, err = run([small_file, "--tokenizer", "gpt2", *cache_args], capsys)
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert "'gpt2' could not be loaded (ConnectionError)" in line and "TIKTOKEN_CACHE_DIR" in line
+
+
+def test_undecodable_input_is_reported_in_one_warning_line(tmp_path, cache_args, capsys):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good text \xff\xfe and more good text here")
+    code, out, err = run([path, "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, *cache_args], capsys)
+    assert code == 0
+    assert err.strip() == "windowloader: warning: 2 undecodable characters were replaced by U+FFFD"
+    assert number(out, "replaced chars") == 2
+
+
+def test_the_console_script_runs(small_file, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "windowloader", str(small_file), "--tokenizer", "bytes", "--max-length", "16",
+         "--cache-dir", str(tmp_path / "c"), "--framework", "numpy", "--quiet"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    assert "batches per epoch" in result.stdout
