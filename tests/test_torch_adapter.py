@@ -240,8 +240,8 @@ def test_resume_computes_the_batch_directly_without_replay(monkeypatch):
     fresh = create_dataloader(dataset, batch_size=8, seed=6)
     fresh.load_state_dict(state)
     gathered = []
-    real = dataset.windows.gather
-    monkeypatch.setattr(dataset.windows, "gather", lambda idx, **kw: gathered.append(len(idx)) or real(idx, **kw))
+    real = dataset.windows.gather_rows
+    monkeypatch.setattr(dataset.windows, "gather_rows", lambda idx, *a: gathered.append(len(idx)) or real(idx, *a))
     assert as_lists(take(fresh, 1)) == expected_batches(TOKENS, L, STRIDE, 8, seed=6, epochs=2)[40:41]
     assert gathered == [8]  # one gather: the next batch, nothing before it
 
@@ -330,3 +330,14 @@ def test_batch_windows_trace_a_batch_to_its_text_without_moving_the_loader():
     texts = [TOKENS[s : s + L].tolist() for s in starts]
     expected = expected_batches(TOKENS, L, STRIDE, 4, seed=9, epochs=2, world_size=2, rank=1)
     assert texts == expected[len(loader) + 5][0]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_custom_collate_fn_gets_the_batch_tensors_with_or_without_workers(num_workers):
+    dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
+    loader = create_dataloader(
+        dataset, batch_size=8, seed=1, num_workers=num_workers, collate_fn=lambda batch: [t.sum() for t in batch]
+    )
+    expected = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1)
+    sums = [[int(s) for s in batch] for batch in loader]
+    assert sums == [[sum(map(sum, x)), sum(map(sum, y))] for x, y in expected]

@@ -82,10 +82,14 @@ class TokenWindows:
         Returns `(inputs, targets)`, two `(len(indices), max_length)` views of one
         `(len(indices), max_length + 1)` buffer of `dtype`.
         """
-        rows = self._rows[np.asarray(indices, dtype=np.intp)]
-        if rows.dtype != dtype:
-            rows = rows.astype(dtype)
+        rows = self.gather_rows(indices, dtype)
         return rows[:, :-1], rows[:, 1:]
+
+    def gather_rows(self, indices, dtype=None) -> np.ndarray:
+        """The windows `indices` whole: a new `(len(indices), max_length + 1)` array of `dtype`
+        (default: the tokens' own, the most compact form to send to another process)."""
+        rows = self._rows[np.asarray(indices, dtype=np.intp)]
+        return rows if dtype is None or rows.dtype == dtype else rows.astype(dtype)
 
     def weights(self, indices) -> np.ndarray:
         """Predict-once weights, `(len(indices), max_length)` float32.
