@@ -182,12 +182,12 @@ def test_a_file_without_line_breaks_is_still_cut(tmp_path, cache, monkeypatch):
     check(wl.tokenize_corpus(write(tmp_path / "one.txt", text), "bytes", cache_dir=cache), [text])
 
 
-def test_worker_processes_give_the_same_stream(tmp_path, cache, gpt2, monkeypatch):
-    monkeypatch.setattr(encode, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(encode, "_UNIT_CHARS", 100)
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_worker_threads_give_the_same_stream_in_order(tmp_path, cache, gpt2, monkeypatch, workers):
+    monkeypatch.setattr(encode, "_UNIT_CHARS", 100)  # many units in flight, finishing out of order
     texts = [f"document {i}: " + "words and more words\n" * (i % 7) for i in range(40)]
     files = [write(tmp_path / f"d{i:02}.txt", text) for i, text in enumerate(texts)]
-    result = wl.tokenize_corpus(files, gpt2, cache_dir=cache, workers=2)
+    result = wl.tokenize_corpus(files, gpt2, cache_dir=cache, workers=workers)
     expected: list[int] = []
     for i, text in enumerate(texts):
         expected += ([gpt2.eot_token] if i else []) + gpt2.encode_ordinary(text)

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import re
 import sys
 import uuid
@@ -107,7 +106,7 @@ def tokenize_corpus(
         separator: the text put between documents.
         suffixes: the file name endings a directory or a glob contributes.
         text_field: the `.jsonl` field that holds a document's text.
-        workers: encoding processes; default: the CPUs this process may use.
+        workers: encoding threads; default: the CPUs this process may use.
         progress: a tqdm progress bar (when tqdm is installed); default: when stderr is a terminal.
 
     Returns:
@@ -130,7 +129,7 @@ def tokenize_corpus(
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
     tokenizer = load_tokenizer(tokenizer)
     resolved = corpus.resolve(sources, suffixes=suffixes)
-    total_bytes = sum(source.size() for source in resolved)
+    total_bytes = sum(source.size for source in resolved)
     if total_bytes == 0:
         raise ValueError("the corpus is empty: every source holds no text")
     directory = resolve_cache_dir(cache_dir)
@@ -145,7 +144,6 @@ def tokenize_corpus(
         found = _open(bin_path)
         if found is not None:
             return found
-        workers = workers if total_bytes >= encode.PARALLEL_MIN_BYTES and _picklable(tokenizer) else 1
         meta = _build(bin_path, tokenizer, resolved, settings, workers=workers, total_bytes=total_bytes, progress=progress)
     if meta["replaced_chars"]:
         warnings.warn(f"{meta['replaced_chars']} undecodable characters were replaced by U+FFFD", stacklevel=2)
@@ -185,15 +183,6 @@ def _key(settings: dict, sources: list[corpus.Source]) -> str:
     text = json.dumps(described, sort_keys=True)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(settings["tokenizer"]))
     return f"{name}-{hashlib.blake2b(text.encode(), digest_size=12).hexdigest()}"
-
-
-def _picklable(tokenizer) -> bool:
-    """Worker processes receive the tokenizer pickled; one that cannot be is used in this process."""
-    try:
-        pickle.dumps(tokenizer)
-    except Exception:  # pickling raises whatever the object's __reduce__ raises
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -36,23 +36,23 @@ _SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 @dataclass(frozen=True)
 class Source:
-    """One resolved source: `text` for a string, else a `path` read as `kind` "file" or "jsonl"."""
+    """One resolved source: `text` for a string, else a `path` read as `kind` "file" or "jsonl".
+
+    `size` (bytes) and `mtime_ns` are taken once, when the source is resolved.
+    """
 
     kind: str
-    path: Path | None = None
+    path: str | None = None
     text: str | None = None
+    size: int = 0
+    mtime_ns: int = 0
 
     def fingerprint(self) -> dict:
         """What identifies this source in a cache key: path, size and mtime, or a text hash."""
         if self.text is not None:
             digest = hashlib.blake2b(self.text.encode("utf-8", "surrogatepass"), digest_size=16)
             return {"text": digest.hexdigest(), "chars": len(self.text)}
-        stat = self.path.stat()
-        return {"path": str(self.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-    def size(self) -> int:
-        """Bytes to read (UTF-8 bytes for text), for the progress bar and the empty-corpus check."""
-        return len(self.text.encode("utf-8", "surrogatepass")) if self.text is not None else self.path.stat().st_size
+        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
 
 
 @dataclass
@@ -84,7 +84,7 @@ def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Sour
     resolved: list[Source] = []
     for item in items:
         if isinstance(item, str):
-            resolved.append(Source("text", text=item))
+            resolved.append(Source("text", text=item, size=len(item.encode("utf-8", "surrogatepass"))))
         elif isinstance(item, os.PathLike):
             resolved.extend(_from_path(Path(item), wanted))
         else:
@@ -98,26 +98,35 @@ def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Sour
 def _from_path(path: Path, suffixes: tuple[str, ...]) -> list[Source]:
     if _GLOB_CHARS & set(str(path)):
         names = sorted(glob.glob(str(path), recursive=True))
-        files = [Path(name) for name in names if Path(name).is_file() and name.lower().endswith(suffixes)]
+        files = [_file(os.path.abspath(name), os.stat(name)) for name in names if name.lower().endswith(suffixes) and os.path.isfile(name)]
         if not files:
             raise ValueError(f"glob {str(path)!r} matches no file ending in {', '.join(suffixes)}")
-        return [_file(file) for file in files]
+        return files
     if path.is_dir():
+        root = os.path.abspath(path)
         # Sorted by relative path, so that the stream does not depend on the file system's order.
-        files = sorted(
-            (p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)),
-            key=lambda p: p.relative_to(path).as_posix(),
-        )
-        if not files:
+        entries = sorted(_walk(root, suffixes), key=lambda entry: entry.path[len(root):].replace(os.sep, "/"))
+        if not entries:
             raise ValueError(f"directory {str(path)!r} holds no file ending in {', '.join(suffixes)}")
-        return [_file(file) for file in files]
+        return [_file(entry.path, entry.stat()) for entry in entries]  # already absolute
     if not path.is_file():
         raise ValueError(f"input {str(path)!r} does not exist: check the path")
-    return [_file(path)]
+    return [_file(os.path.abspath(path), path.stat())]
 
 
-def _file(path: Path) -> Source:
-    return Source("jsonl" if path.suffix.lower() == ".jsonl" else "file", path=path.resolve())
+def _walk(directory: str, suffixes: tuple[str, ...]) -> Iterator[os.DirEntry]:
+    """The matching files under `directory`; scandir, because a cache hit's cost is this walk."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):  # a symlinked folder could loop
+                yield from _walk(entry.path, suffixes)
+            elif entry.name.lower().endswith(suffixes) and entry.is_file():
+                yield entry
+
+
+def _file(path: str, stat: os.stat_result) -> Source:
+    kind = "jsonl" if path.lower().endswith(".jsonl") else "file"
+    return Source(kind, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def pieces(sources: list[Source], *, separator: str, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
@@ -129,7 +138,7 @@ def pieces(sources: list[Source], *, separator: str, text_field: str, stats: Rea
     for source in sources:
         if source.text is not None:
             documents = source.text.split(separator) if separator else [source.text]
-            stats.bytes_read += source.size()
+            stats.bytes_read += source.size
             for document in documents:
                 yield from _document(iter([document]), stats)
         elif source.kind == "jsonl":
@@ -170,7 +179,7 @@ def _cut_point(text: str, limit: int) -> int:
     return match.end() if match and match.end() < len(text) else 0
 
 
-def _file_text(path: Path, stats: ReadStats) -> Iterator[str]:
+def _file_text(path: str, stats: ReadStats) -> Iterator[str]:
     """A file's text, decoded chunk by chunk; undecodable bytes become U+FFFD and are counted."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tail = b""
@@ -188,7 +197,7 @@ def _file_text(path: Path, stats: ReadStats) -> Iterator[str]:
         yield text
 
 
-def _jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
+def _jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
     with open(path, "rb") as file:
         for number, raw in enumerate(file, start=1):
             stats.bytes_read += len(raw)
@@ -199,7 +208,7 @@ def _jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[tuple[str,
             yield from _document(iter([_field(line, text_field, path, number)]), stats)
 
 
-def _field(line: str, text_field: str, path: Path, number: int) -> str:
+def _field(line: str, text_field: str, path: str, number: int) -> str:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:

@@ -1,29 +1,25 @@
 """Parallel, bounded encoding of a stream of text pieces into numpy token arrays.
 
-Pieces are grouped into units of about `_UNIT_CHARS` characters and encoded by a pool of worker
-processes, at most `2 * workers` units in flight, so memory stays bounded whatever the corpus
-size. Processes, not threads: measured on this project's 2-core machine (benchmarks/bench_tokenize.py,
-README "Tokenization benchmark"), two threads calling tiktoken gave no speed-up over one, and
-processes also parallelize tokenizers written in Python.
+Pieces are grouped into units of about `_UNIT_CHARS` characters and encoded by a pool of
+threads, at most `2 * workers` units in flight, so memory stays bounded whatever the corpus size.
+Threads, not processes: tiktoken and Hugging Face tokenizers release the GIL while encoding, and
+threads need no pickling, no worker start-up and no `if __name__ == "__main__":` guard in the
+caller's script. benchmarks/bench_tokenize.py measures both side by side (README, "Tokenization
+benchmark").
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-# About 1M characters per task: large enough that pickling a unit costs little next to
+# About 1M characters per task: large enough that handing a unit over costs little next to
 # encoding it, small enough that 2 * workers units in flight stay a few MB.
 _UNIT_CHARS = 1 << 20
-# Below this many bytes, starting worker processes costs more than it saves.
-PARALLEL_MIN_BYTES = 8 << 20
-
-_worker_tokenizer = None
 
 
 def default_workers() -> int:
@@ -51,14 +47,12 @@ def encode_pieces(
     units = _units(pieces)
     if workers <= 1:
         for texts, starts in units:
-            yield [encode_ordinary(tokenizer, text) for text in texts], starts
+            yield _encode_unit(tokenizer, texts), starts
         return
-    # spawn, not fork: the caller may hold threads (torch's, tqdm's) that fork would break.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(tokenizer,)) as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="windowloader-encode") as pool:
         pending: deque[tuple[Future, list[bool]]] = deque()
         for texts, starts in units:
-            pending.append((pool.submit(_encode_unit, texts), starts))
+            pending.append((pool.submit(_encode_unit, tokenizer, texts), starts))
             if len(pending) >= 2 * workers:
                 future, unit_starts = pending.popleft()
                 yield future.result(), unit_starts
@@ -82,10 +76,5 @@ def _units(pieces: Iterable[tuple[str, bool]]) -> Iterator[tuple[list[str], list
         yield texts, starts
 
 
-def _init(tokenizer) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = tokenizer
-
-
-def _encode_unit(texts: list[str]) -> list[np.ndarray]:
-    return [encode_ordinary(_worker_tokenizer, text) for text in texts]
+def _encode_unit(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    return [encode_ordinary(tokenizer, text) for text in texts]
