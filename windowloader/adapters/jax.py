@@ -114,15 +114,20 @@ class ShardedBatches:
         return parts
 
     def to_device(self, parts: list[np.ndarray]) -> tuple[jax.Array, ...]:
-        shardings = [self.rows] * (len(parts) - self.with_mask) + [self.mask_sharding] * self.with_mask
-        if self.rows.is_fully_addressable:
-            # One process holds every device: its rows are the global batch (and device_put is
-            # ~25% faster here than make_array_from_process_local_data).
-            return tuple(jax.device_put(parts, shardings))
+        split = len(parts) - self.with_mask
+        return self._put(parts[:split], self.rows) + self._put(parts[split:], self.mask_sharding)
+
+    def _put(self, parts: list[np.ndarray], sharding: NamedSharding) -> tuple[jax.Array, ...]:
+        if not parts:
+            return ()
+        if sharding.is_fully_addressable:
+            # One process holds every device: its rows are the global batch. One device_put of
+            # a tuple is measured ~25% faster here than make_array_from_process_local_data, and
+            # faster than a list of arrays with a list of shardings.
+            return tuple(jax.device_put(tuple(parts), sharding))
         batch = self.order.batch_size
         return tuple(
-            jax.make_array_from_process_local_data(sharding, part, (batch, *part.shape[1:]))
-            for sharding, part in zip(shardings, parts)
+            jax.make_array_from_process_local_data(sharding, part, (batch, *part.shape[1:])) for part in parts
         )
 
 
