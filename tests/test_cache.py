@@ -233,3 +233,25 @@ def test_the_warm_open_does_not_tokenize(corpus_file, cache_dir, monkeypatch):
 
     monkeypatch.setattr(corpus_module, "pieces", fail)
     assert wl.tokenize_corpus(corpus_file, "bytes", cache_dir=cache_dir).cached
+
+
+def test_open_reads_a_prepared_cache_without_the_sources(corpus_file, cache_dir):
+    path = wl.tokenize_corpus(corpus_file, "bytes", cache_dir=cache_dir).path
+    corpus_file.unlink()  # open never looks at the sources
+    opened = wl.TokenizedCorpus.open(path)
+    assert opened.cached and opened.tokens.tolist() == list(TEXT.encode())
+    assert opened.doc_offsets.tolist() == [0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "no-sidecar", "bad-sidecar"])
+def test_open_refuses_a_damaged_cache(corpus_file, cache_dir, damage):
+    path = wl.tokenize_corpus(corpus_file, "bytes", cache_dir=cache_dir).path
+    if damage == "truncate":
+        with open(path, "r+b") as file:
+            file.truncate(10)
+    elif damage == "no-sidecar":
+        path.with_suffix(".json").unlink()
+    else:
+        path.with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match="run windowloader prepare again"):
+        wl.TokenizedCorpus.open(path)

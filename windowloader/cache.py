@@ -73,6 +73,26 @@ class TokenizedCorpus:
         """Undecodable characters replaced by U+FFFD while reading."""
         return self.meta["replaced_chars"]
 
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> TokenizedCorpus:
+        """Opens the cache at `path` (the `.bin` that `tokenize_corpus` or `windowloader prepare`
+        made) without looking at the sources again: constant time whatever the corpus.
+
+        Raises:
+            ValueError: there is no such cache, or the `.bin` does not match its sidecar.
+
+        Example:
+            >>> import windowloader as wl
+            >>> corpus = wl.TokenizedCorpus.open("/data/tok/gpt2-5bfcbb2d48b9c1a18f791e69.bin")
+        """
+        bin_path = Path(path)
+        meta, problem = _check(bin_path)
+        if meta is None:
+            raise ValueError(f"token cache {str(bin_path)!r} has no sidecar (.json): run windowloader prepare again")
+        if problem:
+            raise ValueError(f"token cache {str(bin_path)!r} is {problem}: run windowloader prepare again")
+        return _memmap(bin_path, meta, cached=True)
+
     def windows(self, *, max_length: int, stride: int) -> TokenWindows:
         """`TokenWindows` over the memmap itself: nothing is copied or read ahead."""
         return TokenWindows(self.tokens, max_length=max_length, stride=stride)
@@ -203,18 +223,27 @@ def _locked(path: Path):
 
 def _open(bin_path: Path) -> TokenizedCorpus | None:
     """The cache at `bin_path` if its sidecar exists and the `.bin` matches it, else None."""
-    try:
-        meta = json.loads(bin_path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return None  # no sidecar (never finished) or an unreadable one: build again
-    try:
-        problem = _problem(bin_path, meta)
-    except (KeyError, TypeError, ValueError) as error:  # a sidecar from another program or version
-        problem = f"described by an unreadable sidecar ({type(error).__name__}: {error})"
+    meta, problem = _check(bin_path)
+    if meta is None:
+        return None  # no sidecar: never finished, build again
     if problem:
         warnings.warn(f"token cache {bin_path} is {problem}: rebuilding it", stacklevel=3)
         return None
     return _memmap(bin_path, meta, cached=True)
+
+
+def _check(bin_path: Path) -> tuple[dict | None, str | None]:
+    """The sidecar of `bin_path` (None when there is none) and what is wrong with the pair, if anything."""
+    try:
+        meta = json.loads(bin_path.with_suffix(".json").read_text())
+    except OSError:
+        return None, None
+    except ValueError as error:
+        return {}, f"described by an unreadable sidecar ({error})"
+    try:
+        return meta, _problem(bin_path, meta)
+    except (KeyError, TypeError, ValueError) as error:  # a sidecar from another program or version
+        return meta, f"described by an unreadable sidecar ({type(error).__name__}: {error})"
 
 
 def _problem(bin_path: Path, meta: dict) -> str | None:
@@ -276,22 +305,25 @@ def _build(bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, 
 
 
 def _write_tokens(file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar) -> tuple[list[int], int]:
-    """Streams every piece's ids to `file`; returns the documents' offsets and the token count."""
+    """Streams each unit's ids to `file` in one write; returns the documents' offsets and the token count."""
     offsets: list[int] = []
     count = 0
     limit = np.iinfo(dtype).max
     pieces = corpus.pieces(sources, separator=settings["separator"], text_field=settings["text_field"], stats=stats)
     for arrays, starts in encode.encode_pieces(tokenizer, pieces, workers=workers):
+        parts = []
         for ids, starts_document in zip(arrays, starts):
             if starts_document:
                 if offsets:
-                    separator_ids.astype(dtype).tofile(file)
+                    parts.append(separator_ids)
                     count += len(separator_ids)
                 offsets.append(count)
-            if len(ids) and ids.max() > limit:
-                raise ValueError(f"token id {int(ids.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong")
-            ids.astype(dtype, copy=False).tofile(file)
+            parts.append(ids)
             count += len(ids)
+        chunk = np.concatenate(parts)
+        if chunk.size and chunk.max() > limit:
+            raise ValueError(f"token id {int(chunk.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong")
+        chunk.astype(dtype, copy=False).tofile(file)
         bar.update(stats.bytes_read - bar.n)
         bar.set_postfix_str(f"{count:,} tokens", refresh=False)
     return offsets, count

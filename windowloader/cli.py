@@ -248,7 +248,7 @@ def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus) ->
         skipped = (stride - length) * (len(windows) - 1)
         notes.append(
             f"stride {stride} > max_length {length}: {skipped:,} tokens between windows "
-            f"({100 * skipped / n:.1f}%) are never seen; use stride <= max_length"
+            f"({100 * skipped / n:.1f}%) are never a target; use stride <= max_length"
         )
     if 2 * stride < length and n < AUTO_THRESHOLDS[0]:
         notes.append(

@@ -1,0 +1,137 @@
+"""Tokenization speed and memory: plain single-threaded `encode` against `tokenize_corpus`.
+
+    TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache .venv/bin/python benchmarks/bench_tokenize.py
+
+The corpus is a real one that no one here wrote: the `.py` files of the CPython standard library
+this Python runs on (about 160 MB, 13k files). Every mode runs in a fresh subprocess, so its peak
+RSS is its own; times exclude interpreter start-up and tokenizer loading. Modes:
+
+    encode      tiktoken `encode_ordinary` file by file on one thread (the usual way)
+    cold        `tokenize_corpus` into an empty cache (threads, the library's default)
+    cold-1      the same with workers=1 (what the threads add)
+    processes   the library's read + encode stages with a process pool instead of threads
+                (encoding only, nothing written: the alternative the library did not take)
+    warm        `tokenize_corpus` again on the cache that cold made (median of 5 calls, in a
+                fresh process with the tokenizer loaded: the cost of a cache hit, which
+                re-checks every source file's size and mtime)
+    open        `TokenizedCorpus.open(path)` on that cache (median of 5): the path that
+                `windowloader prepare` prints, opened without looking at the sources
+
+Goals (issue 3): cold >= 1.7x encode on 2 cores, warm < 50 ms, peak RSS < 25% of the corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+MODES = ("encode", "cold", "cold-1", "processes", "warm", "open")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child(mode: str, root: Path, cache_dir: str, tokenizer_name: str) -> dict:
+    """Runs one mode in this process and returns its measurements."""
+    import windowloader as wl
+    from windowloader import corpus, encode
+
+    tokenizer = wl.load_tokenizer(tokenizer_name)
+    encode.encode_ordinary(tokenizer, "warm up the tokenizer")
+    start_rss = peak_rss_mb()
+    start = time.perf_counter()
+    if mode == "encode":
+        files = corpus.resolve(root, suffixes=(".py",))
+        tokens = 0
+        for source in files:
+            with open(source.path, encoding="utf-8", errors="replace") as file:
+                tokens += len(tokenizer.encode_ordinary(file.read()))
+    elif mode in ("cold", "cold-1"):
+        workers = 1 if mode == "cold-1" else None
+        tokens = len(wl.tokenize_corpus(root, tokenizer, cache_dir=cache_dir, suffixes=(".py",), workers=workers, progress=False))
+    elif mode == "processes":
+        tokens = _processes(tokenizer, corpus.resolve(root, suffixes=(".py",)))
+    else:
+        path = wl.tokenize_corpus(root, tokenizer, cache_dir=cache_dir, suffixes=(".py",)).path  # builds if cold did not
+        timings = []
+        for _ in range(5):
+            start = time.perf_counter()
+            if mode == "warm":
+                result = wl.tokenize_corpus(root, tokenizer, cache_dir=cache_dir, suffixes=(".py",))
+            else:
+                result = wl.TokenizedCorpus.open(path)
+            timings.append(time.perf_counter() - start)
+            assert result.cached
+        tokens = len(result)
+        return {"seconds": statistics.median(timings), "tokens": tokens, "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start_rss}
+    return {"seconds": time.perf_counter() - start, "tokens": tokens, "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start_rss}
+
+
+def _processes(tokenizer, sources) -> int:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    from windowloader import corpus, encode
+
+    pieces = corpus.pieces(sources, separator="<|endoftext|>", text_field="text", stats=corpus.ReadStats())
+    context = multiprocessing.get_context("fork")  # the cheapest start; this process holds no threads
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        texts = (texts for texts, _ in encode._units(pieces))
+        return sum(len(ids) for unit in pool.map(partial(encode._encode_unit, tokenizer), texts) for ids in unit)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=Path(sysconfig.get_paths()["stdlib"]), help="corpus folder (.py files)")
+    parser.add_argument("--tokenizer", default="gpt2")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.root, args.cache_dir, args.tokenizer)))
+        return
+    from windowloader import corpus
+
+    sources = corpus.resolve(args.root, suffixes=(".py",))
+    corpus_mb = sum(source.size for source in sources) / 1e6
+    print(f"corpus: {len(sources):,} .py files, {corpus_mb:.1f} MB under {args.root}; {os.cpu_count()} CPUs; tokenizer {args.tokenizer}")
+    with tempfile.TemporaryDirectory() as cache_dir:
+        results = {mode: _run(mode, args, cache_dir) for mode in args.modes}
+    _print(results, corpus_mb)
+
+
+def _run(mode: str, args, cache_dir: str) -> dict:
+    # cold and cold-1 each start from an empty cache; warm opens the one cold made.
+    cache_dir = str(Path(cache_dir) / ("cold" if mode in ("warm", "open") else mode))
+    command = [sys.executable, __file__, "--child", mode, "--root", str(args.root), "--tokenizer", args.tokenizer, "--cache-dir", cache_dir]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _print(results: dict, corpus_mb: float) -> None:
+    base = results.get("encode")
+    print(f"{'mode':<10} {'seconds':>9} {'MB/s':>7} {'vs encode':>9} {'tokens':>12} {'peak RSS MB':>11} {'% corpus':>8} {'added MB':>8}")
+    for mode, r in results.items():
+        rate = corpus_mb / r["seconds"]
+        ratio = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"
+        added = r["peak_rss_mb"] - r["start_rss_mb"]
+        print(
+            f"{mode:<10} {r['seconds']:>9.3f} {rate:>7.1f} {ratio:>9} {r['tokens']:>12,} "
+            f"{r['peak_rss_mb']:>11.0f} {100 * r['peak_rss_mb'] / corpus_mb:>7.1f}% {added:>8.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
