@@ -341,3 +341,27 @@ def test_a_custom_collate_fn_gets_the_batch_tensors_with_or_without_workers(num_
     expected = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1)
     sums = [[int(s) for s in batch] for batch in loader]
     assert sums == [[sum(map(sum, x)), sum(map(sum, y))] for x, y in expected]
+
+
+def test_the_pin_memory_thread_makes_pinned_tensors_of_a_worker_message(monkeypatch):
+    """What DataLoader's pin-memory thread does with a worker's message, on any machine: CPU-only
+    torch cannot pin, so Tensor.pin_memory is replaced by a copy that records its calls."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    import windowloader.adapters.torch as adapter
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.clone()) or pinned[-1])
+    dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE, return_weights=True)
+    loader = create_dataloader(dataset, batch_size=8, seed=1, num_workers=2)
+    group = next(iter(loader.batch_sampler))
+    assert len(group) == 24  # one message holds the whole epoch's 24 small batches
+    with monkeypatch.context() as worker:
+        worker.setattr(adapter, "get_worker_info", lambda: "in a worker")
+        message = dataset.__getitems__(group)
+    out = pin_memory(message)
+    expected = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1)
+    assert as_lists(out) == expected
+    assert all(isinstance(batch, tuple) and len(batch) == 3 for batch in out)
+    tensors = [tensor for batch in out for tensor in batch]
+    assert len(tensors) == len(pinned) == 3 * 24 and all(t is p for t, p in zip(tensors, pinned))
