@@ -282,6 +282,9 @@ def _build(bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, 
     # uint16 when every id fits (gpt2's 50257 ids, nanoGPT's choice); an unknown vocabulary gets uint32.
     dtype = np.dtype(np.uint16 if vocab_size is not None and vocab_size <= 1 << 16 else np.uint32)
     separator_ids = np.asarray(encode_special(tokenizer, settings["separator"]) if settings["separator"] else [], dtype=np.int64)
+    if len(separator_ids) and separator_ids.max() > np.iinfo(dtype).max:
+        raise ValueError(f"separator {settings['separator']!r} encodes to ids beyond {dtype.name}: the tokenizer's n_vocab is wrong")
+    separator_ids = separator_ids.astype(dtype)
     stats = corpus.ReadStats()
     temporary = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -318,12 +321,12 @@ def _write_tokens(file, tokenizer, sources, settings, stats, separator_ids, dtyp
                     parts.append(separator_ids)
                     count += len(separator_ids)
                 offsets.append(count)
-            parts.append(ids)
+            if len(ids) and ids.max() > limit:
+                raise ValueError(f"token id {int(ids.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong")
+            # Cast before joining: a unit's tokens are held once, at 2 or 4 bytes each.
+            parts.append(ids.astype(dtype, copy=False))
             count += len(ids)
-        chunk = np.concatenate(parts)
-        if chunk.size and chunk.max() > limit:
-            raise ValueError(f"token id {int(chunk.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong")
-        chunk.astype(dtype, copy=False).tofile(file)
+        np.concatenate(parts).tofile(file)
         bar.update(stats.bytes_read - bar.n)
         bar.set_postfix_str(f"{count:,} tokens", refresh=False)
     return offsets, count

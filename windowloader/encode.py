@@ -17,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-# About 1M characters per task: large enough that handing a unit over costs little next to
+# About 512K characters per task: large enough that handing a unit over costs little next to
 # encoding it, small enough that 2 * workers units in flight stay a few MB.
-_UNIT_CHARS = 1 << 20
+_UNIT_CHARS = 1 << 19
 
 
 def default_workers() -> int:
