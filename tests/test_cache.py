@@ -255,3 +255,15 @@ def test_open_refuses_a_damaged_cache(corpus_file, cache_dir, damage):
         path.with_suffix(".json").write_text("{not json")
     with pytest.raises(ValueError, match="run windowloader prepare again"):
         wl.TokenizedCorpus.open(path)
+
+
+def test_progress_bar_shows_bytes_and_tokens(corpus_file, cache_dir, capsys):
+    wl.tokenize_corpus(corpus_file, "bytes", cache_dir=cache_dir, progress=True)
+    err = capsys.readouterr().err
+    assert "tokenizing" in err and f"{len(TEXT.encode()):,} tokens" in err
+
+
+def test_progress_without_tqdm_is_silent(corpus_file, cache_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now raises ImportError
+    result = wl.tokenize_corpus(corpus_file, "bytes", cache_dir=cache_dir, progress=True)
+    assert capsys.readouterr().err == "" and len(result) == len(TEXT.encode())
