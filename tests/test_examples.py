@@ -1,0 +1,132 @@
+"""The examples: compare_frameworks.py trains the GPT in PyTorch and in Flax for a few steps on
+identical batches (the right ones, by a plain-Python reference), and both losses fall."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reference import reference_windows
+from windowloader.cli import default_corpus
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+import common  # noqa: E402  (examples/common.py)
+import compare_frameworks  # noqa: E402
+
+STEPS, BATCH, EVERY = 12, 8, 6
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """One short comparison run: (out folder, results.json, stdout)."""
+    out = tmp_path_factory.mktemp("compare")
+    command = [
+        sys.executable, str(EXAMPLES / "compare_frameworks.py"), "--steps", str(STEPS), "--batch-size", str(BATCH),
+        "--eval-interval", str(EVERY), "--new-tokens", "4", "--out", str(out),
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return out, json.loads((out / "results.json").read_text()), run.stdout
+
+
+def _log(out: Path, framework: str) -> dict:
+    return json.loads((out / f"{framework}.json").read_text())
+
+
+def test_both_frameworks_saw_identical_batches(comparison):
+    out, results, stdout = comparison
+    torch_hashes = [step["batch"] for step in _log(out, "torch")["steps"]]
+    flax_hashes = [step["batch"] for step in _log(out, "flax")["steps"]]
+    assert torch_hashes == flax_hashes
+    assert len(set(torch_hashes)) == STEPS  # a new batch every step, not one hash repeated
+    assert results["batches"] == {"steps": STEPS, "identical": True, "mismatches": []}
+    assert f"identical batches: {STEPS} of {STEPS} steps" in stdout
+
+
+def test_first_batch_is_the_reference_batch(comparison, gpt2):
+    """Step 1's hash is that of the batch a plain-Python reference builds: the first 90% of the
+    corpus's tokens (renumbered by sorted id), windows of 64 every 32, epoch 0 permutation."""
+    out, results, _ = comparison
+    ids = gpt2.encode(default_corpus(), allowed_special={"<|endoftext|>"})
+    renumber = {token: i for i, token in enumerate(sorted(set(ids)))}
+    train = [renumber[token] for token in ids[: int(len(ids) * 0.9)]]
+    windows = reference_windows(train, 64, 32)
+    rows = np.random.default_rng((0, 0)).permutation(len(windows))[:BATCH]
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (0, 1):  # inputs, then targets
+        array = np.array([windows[row][part] for row in rows], dtype=np.int64)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    assert _log(out, "torch")["steps"][0]["batch"] == digest.hexdigest()
+    assert results["tokens"] == {"train": len(train), "val": len(ids) - len(train), "vocab": len(renumber)}
+
+
+@pytest.mark.parametrize("framework", ["torch", "flax"])
+def test_losses_are_finite_and_fall(comparison, framework):
+    _, results, _ = comparison
+    run = results["runs"][framework]
+    losses = [loss for _, loss in run["train_curve"]]
+    val = [loss for _, loss in run["val_curve"]]
+    assert len(losses) == STEPS and [step for step, _ in run["val_curve"]] == [EVERY, STEPS]
+    assert all(math.isfinite(loss) for loss in losses + val)
+    # Small initial weights predict nearly uniformly: the first loss is about ln(vocabulary).
+    assert losses[0] == pytest.approx(math.log(results["tokens"]["vocab"]), abs=0.3)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
+    assert val[1] < val[0]
+
+
+def test_figure_is_a_png(comparison):
+    out, _, _ = comparison
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_differing_step_is_reported():
+    torch_steps = [{"batch": "a"}, {"batch": "b"}, {"batch": "c"}]
+    flax_steps = [{"batch": "a"}, {"batch": "x"}]
+    assert compare_frameworks.mismatched_steps(torch_steps, flax_steps) == [
+        {"step": 2, "torch": "b", "flax": "x"},
+        {"step": 3, "torch": "c", "flax": None},
+    ]
+    assert compare_frameworks.mismatched_steps(torch_steps, torch_steps) == []
+
+
+def test_batch_digest_compares_values_not_dtypes():
+    import jax.numpy as jnp
+    import torch
+
+    inputs = [[1, 2, 3], [4, 5, 6]]
+    assert common.batch_digest([torch.tensor(inputs)]) == common.batch_digest([jnp.asarray(inputs, jnp.int32)])
+    assert common.batch_digest([torch.tensor(inputs)]) != common.batch_digest([torch.tensor([[1, 2, 3], [4, 5, 7]])])
+
+
+def _pipeline(script: str) -> tuple[str, str]:
+    """(the adapter import line, the input pipeline block) of an example script."""
+    text = (EXAMPLES / script).read_text()
+    imports = re.findall(r"^from windowloader\.adapters\.\w+ import .*$", text, re.MULTILINE)
+    block = re.search(r"^# The input pipeline.*?\n(.*)^# End of the input pipeline\.$", text, re.MULTILINE | re.DOTALL)
+    assert len(imports) == 1 and block, f"{script} lost its adapter import or its pipeline markers"
+    return imports[0], block.group(1)
+
+
+def test_the_input_pipelines_differ_only_in_the_import():
+    torch_import, torch_block = _pipeline("train_torch.py")
+    flax_import, flax_block = _pipeline("train_flax.py")
+    assert torch_block == flax_block
+    assert torch_import.replace("adapters.torch", "adapters.jax") == flax_import
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_val_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(SystemExit, match=rf"--val-fraction must be between 0 and 1.*got {fraction}"):
+        common.load_corpus(Namespace(val_fraction=fraction, input=None, tokenizer="bytes"))
