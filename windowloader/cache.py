@@ -147,12 +147,12 @@ def tokenize_corpus(
     if not isinstance(text_field, str) or not text_field:
         raise TypeError(f"text_field must be a non-empty str, got {text_field!r}: the default is 'text'")
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
+    directory = resolve_cache_dir(cache_dir)
     tokenizer = load_tokenizer(tokenizer)
     resolved = corpus.resolve(sources, suffixes=suffixes)
     total_bytes = sum(source.size for source in resolved)
     if total_bytes == 0:
         raise ValueError("the corpus is empty: every source holds no text")
-    directory = resolve_cache_dir(cache_dir)
     settings = {"separator": separator, "text_field": text_field, **_tokenizer_identity(tokenizer)}
     key = _key(settings, resolved)
     bin_path = directory / f"{key}.bin"
