@@ -59,11 +59,17 @@ def child(mode: str, root: Path, cache_dir: str, tokenizer_name: str) -> dict:
                 tokens += len(tokenizer.encode_ordinary(file.read()))
     elif mode in ("cold", "cold-1"):
         workers = 1 if mode == "cold-1" else None
-        tokens = len(wl.tokenize_corpus(root, tokenizer, cache_dir=cache_dir, suffixes=(".py",), workers=workers, progress=False))
+        tokens = len(
+            wl.tokenize_corpus(
+                root, tokenizer, cache_dir=cache_dir, suffixes=(".py",), workers=workers, progress=False
+            )
+        )
     elif mode == "processes":
         tokens = _processes(tokenizer, corpus.resolve(root, suffixes=(".py",)))
     else:
-        path = wl.tokenize_corpus(root, tokenizer, cache_dir=cache_dir, suffixes=(".py",)).path  # builds if cold did not
+        path = wl.tokenize_corpus(
+            root, tokenizer, cache_dir=cache_dir, suffixes=(".py",)
+        ).path  # builds if cold did not
         timings = []
         for _ in range(5):
             start = time.perf_counter()
@@ -74,8 +80,18 @@ def child(mode: str, root: Path, cache_dir: str, tokenizer_name: str) -> dict:
             timings.append(time.perf_counter() - start)
             assert result.cached
         tokens = len(result)
-        return {"seconds": statistics.median(timings), "tokens": tokens, "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start_rss}
-    return {"seconds": time.perf_counter() - start, "tokens": tokens, "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start_rss}
+        return {
+            "seconds": statistics.median(timings),
+            "tokens": tokens,
+            "peak_rss_mb": peak_rss_mb(),
+            "start_rss_mb": start_rss,
+        }
+    return {
+        "seconds": time.perf_counter() - start,
+        "tokens": tokens,
+        "peak_rss_mb": peak_rss_mb(),
+        "start_rss_mb": start_rss,
+    }
 
 
 def _processes(tokenizer, sources) -> int:
@@ -89,12 +105,16 @@ def _processes(tokenizer, sources) -> int:
     context = multiprocessing.get_context("fork")  # the cheapest start; this process holds no threads
     with ProcessPoolExecutor(2, mp_context=context) as pool:
         texts = (texts for texts, _ in encode._units(pieces))
-        return sum(len(ids) for unit in pool.map(partial(encode._encode_unit, tokenizer), texts) for ids in unit)
+        return sum(
+            len(ids) for unit in pool.map(partial(encode._encode_unit, tokenizer), texts) for ids in unit
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path(sysconfig.get_paths()["stdlib"]), help="corpus folder (.py files)")
+    parser.add_argument(
+        "--root", type=Path, default=Path(sysconfig.get_paths()["stdlib"]), help="corpus folder (.py files)"
+    )
     parser.add_argument("--tokenizer", default="gpt2")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeat", type=int, default=1, help="runs of every mode; the best time is kept")
@@ -108,7 +128,9 @@ def main() -> None:
 
     sources = corpus.resolve(args.root, suffixes=(".py",))
     corpus_mb = sum(source.size for source in sources) / 1e6
-    print(f"corpus: {len(sources):,} .py files, {corpus_mb:.1f} MB under {args.root}; {os.cpu_count()} CPUs; tokenizer {args.tokenizer}")
+    print(
+        f"corpus: {len(sources):,} .py files, {corpus_mb:.1f} MB under {args.root}; {os.cpu_count()} CPUs; tokenizer {args.tokenizer}"
+    )
     results: dict[str, dict] = {}
     for _ in range(args.repeat):
         # Modes interleaved, best time kept: a shared machine's load then hits every mode alike.
@@ -124,14 +146,27 @@ def main() -> None:
 def _run(mode: str, args, cache_dir: str) -> dict:
     # cold and cold-1 each start from an empty cache; warm opens the one cold made.
     cache_dir = str(Path(cache_dir) / ("cold" if mode in ("warm", "open") else mode))
-    command = [sys.executable, __file__, "--child", mode, "--root", str(args.root), "--tokenizer", args.tokenizer, "--cache-dir", cache_dir]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--root",
+        str(args.root),
+        "--tokenizer",
+        args.tokenizer,
+        "--cache-dir",
+        cache_dir,
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
 def _print(results: dict, corpus_mb: float) -> None:
     base = results.get("encode")
-    print(f"{'mode':<10} {'seconds':>9} {'MB/s':>7} {'vs encode':>9} {'tokens':>12} {'peak RSS MB':>11} {'% corpus':>8} {'added MB':>8}")
+    print(
+        f"{'mode':<10} {'seconds':>9} {'MB/s':>7} {'vs encode':>9} {'tokens':>12} {'peak RSS MB':>11} {'% corpus':>8} {'added MB':>8}"
+    )
     for mode, r in results.items():
         rate = corpus_mb / r["seconds"]
         ratio = f"{base['seconds'] / r['seconds']:.2f}x" if base else "-"

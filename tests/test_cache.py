@@ -69,7 +69,11 @@ def test_the_sidecar_describes_the_bin(corpus_file, cache_dir, gpt2):
     assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("gpt2", 50257, "uint16")
     assert meta["tokens"] == expected_tokens == result.path.stat().st_size // 2
     assert meta["doc_offsets"] == [0, len(gpt2.encode_ordinary(TEXT)) + 1]
-    assert meta["sources"][0] == {"path": str(corpus_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    assert meta["sources"][0] == {
+        "path": str(corpus_file.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
     assert meta["sources"][1]["chars"] == len("second doc")
 
 
@@ -99,7 +103,9 @@ def test_a_touched_file_makes_a_new_cache(corpus_file, cache_dir):
 
 
 @pytest.mark.parametrize(
-    "other", [{"tokenizer": "r50k_base"}, {"separator": "\n\n"}, {"text_field": "body"}], ids=["tokenizer", "separator", "text_field"]
+    "other",
+    [{"tokenizer": "r50k_base"}, {"separator": "\n\n"}, {"text_field": "body"}],
+    ids=["tokenizer", "separator", "text_field"],
 )
 def test_the_key_covers_tokenizer_separator_and_field(corpus_file, cache_dir, other):
     base = {"tokenizer": "gpt2", "separator": "<|endoftext|>", "text_field": "text"}
@@ -185,8 +191,21 @@ def test_a_temporary_file_from_a_killed_process_is_ignored(corpus_file, cache_di
 def test_two_concurrent_prepares_both_succeed_with_one_valid_file(tmp_path, cache_dir):
     path = tmp_path / "big.txt"
     path.write_text("concurrent preparers of one cache\n" * 60_000, encoding="utf-8")  # ~2 MB
-    command = [sys.executable, "-m", "windowloader", "prepare", str(path), "--tokenizer", "bytes", "--cache-dir", str(cache_dir), "--quiet"]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "windowloader",
+        "prepare",
+        str(path),
+        "--tokenizer",
+        "bytes",
+        "--cache-dir",
+        str(cache_dir),
+        "--quiet",
+    ]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=120) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
     printed = {stdout.strip() for stdout, _ in outputs}

@@ -68,9 +68,24 @@ def cache_args(tmp_path) -> list[str]:
     [(16, 8, 4, True), (32, 48, 3, False), (10, 3, 7, True), (64, 64, 2, False)],
     ids=["half-overlap", "stride-over-length", "drop-many", "no-overlap-keep-last"],
 )
-def test_plan_numbers_match_an_independent_count(small_file, cache_args, capsys, length, stride, batch, drop_last):
-    argv = [small_file, "--tokenizer", "bytes", "--max-length", length, "--stride", stride, "--batch-size", batch,
-            "--drop-last" if drop_last else "--keep-last", "--framework", "numpy", *cache_args]
+def test_plan_numbers_match_an_independent_count(
+    small_file, cache_args, capsys, length, stride, batch, drop_last
+):
+    argv = [
+        small_file,
+        "--tokenizer",
+        "bytes",
+        "--max-length",
+        length,
+        "--stride",
+        stride,
+        "--batch-size",
+        batch,
+        "--drop-last" if drop_last else "--keep-last",
+        "--framework",
+        "numpy",
+        *cache_args,
+    ]
     code, out, _ = run(argv, capsys)
     assert code == 0
     expected = plan(len(TEXT.encode()), length, stride, batch, drop_last)
@@ -86,21 +101,38 @@ def test_plan_numbers_match_an_independent_count(small_file, cache_args, capsys,
 
 
 def test_stride_over_max_length_is_noted_with_the_skipped_tokens(small_file, cache_args, capsys):
-    _, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 32, "--stride", 48, *cache_args], capsys)
+    _, out, _ = run(
+        [small_file, "--tokenizer", "bytes", "--max-length", 32, "--stride", 48, *cache_args], capsys
+    )
     expected = plan(len(TEXT.encode()), 32, 48, 4, True)
     skipped = expected["never"] - expected["tail"] - 1  # never a target, minus the tail and token 0
     assert f"note: stride 48 > max_length 32: {skipped:,} tokens between windows" in out
 
 
 def test_high_overlap_on_a_small_corpus_is_noted(small_file, cache_args, capsys):
-    _, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 64, "--stride", 8, *cache_args], capsys)
+    _, out, _ = run(
+        [small_file, "--tokenizer", "bytes", "--max-length", 64, "--stride", 8, *cache_args], capsys
+    )
     assert re.search(r"^note: 88% overlap on a small corpus .*overfitting", out, re.MULTILINE)
 
 
 def test_documents_are_counted_across_files(tmp_path, cache_args, capsys):
     (tmp_path / "a.txt").write_text("first file " * 10)
     (tmp_path / "b.txt").write_text("second file " * 10)
-    _, out, _ = run([tmp_path / "a.txt", tmp_path / "b.txt", "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, *cache_args], capsys)
+    _, out, _ = run(
+        [
+            tmp_path / "a.txt",
+            tmp_path / "b.txt",
+            "--tokenizer",
+            "bytes",
+            "--max-length",
+            8,
+            "--stride",
+            4,
+            *cache_args,
+        ],
+        capsys,
+    )
     assert number(out, "documents") == 2
     assert number(out, "tokens") == 110 + 1 + 120  # bytes, the separator id, bytes
 
@@ -123,38 +155,83 @@ def test_spec_defaults_on_the_embedded_corpus(cache_args, capsys, gpt2):
     assert window1.splitlines()[1].strip().startswith(shared)
 
 
-@pytest.mark.parametrize("preset, expected", [("small", (256, 64, 4)), ("medium", (512, 256, 16)), ("large", (1024, 1024, 32))])
+@pytest.mark.parametrize(
+    "preset, expected", [("small", (256, 64, 4)), ("medium", (512, 256, 16)), ("large", (1024, 1024, 32))]
+)
 def test_presets_follow_the_specification_table(tmp_path, cache_args, capsys, preset, expected):
     path = tmp_path / "long.txt"
     path.write_text("x" * 3000)
-    _, out, _ = run([path, "--tokenizer", "bytes", "--preset", preset, "--keep-last", "--max-batches", 1, *cache_args], capsys)
+    _, out, _ = run(
+        [path, "--tokenizer", "bytes", "--preset", preset, "--keep-last", "--max-batches", 1, *cache_args],
+        capsys,
+    )
     length, stride, batch = expected
     assert f"(max_length {length}, stride {stride}, preset {preset})" in row(out, "windows")
     assert f"(batch_size {batch}," in row(out, "batches per epoch")
 
 
 def test_auto_picks_small_for_a_small_corpus_and_flags_win(small_file, cache_args, capsys):
-    _, out, _ = run([small_file, "--tokenizer", "bytes", "--preset", "auto", "--max-length", 100, *cache_args], capsys)
+    _, out, _ = run(
+        [small_file, "--tokenizer", "bytes", "--preset", "auto", "--max-length", 100, *cache_args], capsys
+    )
     assert "(max_length 100, stride 64, preset small)" in row(out, "windows")
 
 
-@pytest.mark.parametrize("tokens, preset", [(999_999, "small"), (1_000_000, "medium"), (99_999_999, "medium"), (100_000_000, "large")])
+@pytest.mark.parametrize(
+    "tokens, preset",
+    [(999_999, "small"), (1_000_000, "medium"), (99_999_999, "medium"), (100_000_000, "large")],
+)
 def test_auto_thresholds(tokens, preset):
     args = cli.build_parser().parse_args(["--preset", "auto"])
     assert cli._config(args, tokens).preset == preset
 
 
 def test_max_batches_and_the_iteration_report(small_file, cache_args, capsys):
-    _, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, "--max-batches", 3, *cache_args], capsys)
-    assert re.search(r"^iterated 3 batches with torch in [\d.]+ s: [\d,]+ batches/s, [\d,]+ tokens/s$", out, re.MULTILINE)
+    _, out, _ = run(
+        [
+            small_file,
+            "--tokenizer",
+            "bytes",
+            "--max-length",
+            8,
+            "--stride",
+            4,
+            "--max-batches",
+            3,
+            *cache_args,
+        ],
+        capsys,
+    )
+    assert re.search(
+        r"^iterated 3 batches with torch in [\d.]+ s: [\d,]+ batches/s, [\d,]+ tokens/s$", out, re.MULTILINE
+    )
 
 
 @pytest.mark.parametrize("framework", ["numpy", "torch", "jax"])
 def test_each_framework_serves_the_batches(small_file, cache_args, capsys, framework):
-    code, out, _ = run([small_file, "--tokenizer", "bytes", "--max-length", 16, "--stride", 8, "--framework", framework, "--max-batches", 2, *cache_args], capsys)
+    code, out, _ = run(
+        [
+            small_file,
+            "--tokenizer",
+            "bytes",
+            "--max-length",
+            16,
+            "--stride",
+            8,
+            "--framework",
+            framework,
+            "--max-batches",
+            2,
+            *cache_args,
+        ],
+        capsys,
+    )
     assert code == 0
     assert f"iterated 2 batches with {framework}" in out
-    assert row(out, "batch shape") in ("inputs (4, 16), targets (4, 16)", "inputs torch.Size([4, 16]), targets torch.Size([4, 16])")
+    assert row(out, "batch shape") in (
+        "inputs (4, 16), targets (4, 16)",
+        "inputs torch.Size([4, 16]), targets torch.Size([4, 16])",
+    )
     # JAX serves int32 (its default without x64); numpy and torch serve int64.
     itemsize = 4 if framework == "jax" else 8
     assert row(out, "bytes per batch").endswith(f"int{8 * itemsize})")
@@ -180,16 +257,39 @@ def one_error_line(err: str) -> str:
     [
         (lambda tmp: [tmp / "missing.txt"], r"input '.*missing.txt' does not exist"),
         (lambda tmp: [_write(tmp / "empty.txt", "")], r"the corpus is empty"),
-        (lambda tmp: [_write(tmp / "short.txt", "tiny"), "--max-length", "8"], r"4 tokens, shorter than one window .*--max-length"),
-        (lambda tmp: [_write(tmp / "a.txt", "text"), "--tokenizer", "nonesuch"], r"tokenizer 'nonesuch' is unknown"),
-        (lambda tmp: [_write(tmp / "a.txt", "text"), "--cache-dir", _write(tmp / "f", "") / "sub"], r"cache_dir .* cannot be created"),
-        (lambda tmp: [_write(tmp / "a.txt", "text " * 20), "--max-length", "8", "--batch-size", "999"], r"batch_size=999"),
+        (
+            lambda tmp: [_write(tmp / "short.txt", "tiny"), "--max-length", "8"],
+            r"4 tokens, shorter than one window .*--max-length",
+        ),
+        (
+            lambda tmp: [_write(tmp / "a.txt", "text"), "--tokenizer", "nonesuch"],
+            r"tokenizer 'nonesuch' is unknown",
+        ),
+        (
+            lambda tmp: [_write(tmp / "a.txt", "text"), "--cache-dir", _write(tmp / "f", "") / "sub"],
+            r"cache_dir .* cannot be created",
+        ),
+        (
+            lambda tmp: [_write(tmp / "a.txt", "text " * 20), "--max-length", "8", "--batch-size", "999"],
+            r"batch_size=999",
+        ),
     ],
-    ids=["missing-file", "empty-corpus", "shorter-than-a-window", "unknown-tokenizer", "unusable-cache-dir", "batch-too-big"],
+    ids=[
+        "missing-file",
+        "empty-corpus",
+        "shorter-than-a-window",
+        "unknown-tokenizer",
+        "unusable-cache-dir",
+        "batch-too-big",
+    ],
 )
 def test_each_failure_is_one_line_and_status_2(tmp_path, cache_args, capsys, make_argv, expected):
     argv = make_argv(tmp_path)
-    argv = argv + (["--tokenizer", "bytes"] if "--tokenizer" not in argv else []) + (cache_args if "--cache-dir" not in argv else [])
+    argv = (
+        argv
+        + (["--tokenizer", "bytes"] if "--tokenizer" not in argv else [])
+        + (cache_args if "--cache-dir" not in argv else [])
+    )
     code, out, err = run(argv, capsys)
     assert code == 2 and out == ""
     assert re.search(expected, one_error_line(err))
@@ -236,7 +336,9 @@ def test_a_named_tokenizer_never_falls_back(small_file, cache_args, capsys, monk
 def test_undecodable_input_is_reported_in_one_warning_line(tmp_path, cache_args, capsys):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"good text \xff\xfe and more good text here")
-    code, out, err = run([path, "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, *cache_args], capsys)
+    code, out, err = run(
+        [path, "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, *cache_args], capsys
+    )
     assert code == 0
     assert err.strip() == "windowloader: warning: 2 undecodable characters were replaced by U+FFFD"
     assert number(out, "replaced chars") == 2
@@ -244,9 +346,23 @@ def test_undecodable_input_is_reported_in_one_warning_line(tmp_path, cache_args,
 
 def test_the_console_script_runs(small_file, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "windowloader", str(small_file), "--tokenizer", "bytes", "--max-length", "16",
-         "--cache-dir", str(tmp_path / "c"), "--framework", "numpy", "--quiet"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "windowloader",
+            str(small_file),
+            "--tokenizer",
+            "bytes",
+            "--max-length",
+            "16",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--framework",
+            "numpy",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0 and result.stderr == ""
     assert "batches per epoch" in result.stdout

@@ -155,7 +155,18 @@ def test_big_documents_cut_into_pieces_give_the_same_ids(tmp_path, cache, gpt2, 
     monkeypatch.setattr(corpus, "_READ_BYTES", 50)
     monkeypatch.setattr(corpus, "_PIECE_CHARS", 64)
     # Runs of line breaks and indents: cutting inside one would change gpt2's ids.
-    lines = ["def f(x):", "", "", "    return x  # ünïcode", "", "   ", "class A:", "\tpass", "x = 1.5e3\r", "'s"]
+    lines = [
+        "def f(x):",
+        "",
+        "",
+        "    return x  # ünïcode",
+        "",
+        "   ",
+        "class A:",
+        "\tpass",
+        "x = 1.5e3\r",
+        "'s",
+    ]
     text = "\n".join(lines * 40) + "\n\n\n   tail"
     result = wl.tokenize_corpus(write(tmp_path / "code.py", text), gpt2, cache_dir=cache)
     assert result.tokens.tolist() == gpt2.encode_ordinary(text)

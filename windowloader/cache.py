@@ -20,7 +20,6 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +87,9 @@ class TokenizedCorpus:
         bin_path = Path(path)
         meta, problem = _check(bin_path)
         if meta is None:
-            raise ValueError(f"token cache {str(bin_path)!r} has no sidecar (.json): run windowloader prepare again")
+            raise ValueError(
+                f"token cache {str(bin_path)!r} has no sidecar (.json): run windowloader prepare again"
+            )
         if problem:
             raise ValueError(f"token cache {str(bin_path)!r} is {problem}: run windowloader prepare again")
         return _memmap(bin_path, meta, cached=True)
@@ -143,7 +144,9 @@ def tokenize_corpus(
         ([15496, 995, 50256, 3886, 68], [0, 3])
     """
     if not isinstance(separator, str):
-        raise TypeError(f"separator must be a str, got {type(separator).__name__}: the default is {ENDOFTEXT!r}")
+        raise TypeError(
+            f"separator must be a str, got {type(separator).__name__}: the default is {ENDOFTEXT!r}"
+        )
     if not isinstance(text_field, str) or not text_field:
         raise TypeError(f"text_field must be a non-empty str, got {text_field!r}: the default is 'text'")
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
@@ -164,9 +167,19 @@ def tokenize_corpus(
         found = _open(bin_path)
         if found is not None:
             return found
-        meta = _build(bin_path, tokenizer, resolved, settings, workers=workers, total_bytes=total_bytes, progress=progress)
+        meta = _build(
+            bin_path,
+            tokenizer,
+            resolved,
+            settings,
+            workers=workers,
+            total_bytes=total_bytes,
+            progress=progress,
+        )
     if meta["replaced_chars"]:
-        warnings.warn(f"{meta['replaced_chars']} undecodable characters were replaced by U+FFFD", stacklevel=2)
+        warnings.warn(
+            f"{meta['replaced_chars']} undecodable characters were replaced by U+FFFD", stacklevel=2
+        )
     return _memmap(bin_path, meta, cached=False)
 
 
@@ -182,7 +195,9 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"cache_dir {str(directory)!r} cannot be created ({error.strerror}): pass a writable folder") from None
+        raise ValueError(
+            f"cache_dir {str(directory)!r} cannot be created ({error.strerror}): pass a writable folder"
+        ) from None
     if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
         raise ValueError(f"cache_dir {str(directory)!r} is not readable and writable: pass a folder you own")
     return directory
@@ -276,28 +291,42 @@ def _memmap(bin_path: Path, meta: dict, *, cached: bool) -> TokenizedCorpus:
     return TokenizedCorpus(tokens=tokens, doc_offsets=offsets, path=bin_path, meta=meta, cached=cached)
 
 
-def _build(bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, total_bytes: int, progress) -> dict:
+def _build(
+    bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, total_bytes: int, progress
+) -> dict:
     """Tokenizes into temporary files and renames them into place, `.bin` first, sidecar last."""
     vocab_size = settings["vocab_size"]
     # uint16 when every id fits (gpt2's 50257 ids, nanoGPT's choice); an unknown vocabulary gets uint32.
     dtype = np.dtype(np.uint16 if vocab_size is not None and vocab_size <= 1 << 16 else np.uint32)
-    separator_ids = np.asarray(encode_special(tokenizer, settings["separator"]) if settings["separator"] else [], dtype=np.int64)
+    separator_ids = np.asarray(
+        encode_special(tokenizer, settings["separator"]) if settings["separator"] else [], dtype=np.int64
+    )
     if len(separator_ids) and separator_ids.max() > np.iinfo(dtype).max:
-        raise ValueError(f"separator {settings['separator']!r} encodes to ids beyond {dtype.name}: the tokenizer's n_vocab is wrong")
+        raise ValueError(
+            f"separator {settings['separator']!r} encodes to ids beyond {dtype.name}: the tokenizer's n_vocab is wrong"
+        )
     separator_ids = separator_ids.astype(dtype)
     stats = corpus.ReadStats()
     temporary = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "wb") as file, _progress_bar(total_bytes, progress) as bar:
-            offsets, count = _write_tokens(file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar)
+            offsets, count = _write_tokens(
+                file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar
+            )
             file.flush()
             os.fsync(file.fileno())
         if count == 0:
             raise ValueError("the corpus is empty: its documents hold no text")
         meta = {
-            "format": FORMAT_VERSION, **settings, "dtype": dtype.name, "tokens": count,
-            "documents": len(offsets), "doc_offsets": offsets, "bytes": stats.bytes_read,
-            "replaced_chars": stats.replaced_chars, "sources": [s.fingerprint() for s in sources],
+            "format": FORMAT_VERSION,
+            **settings,
+            "dtype": dtype.name,
+            "tokens": count,
+            "documents": len(offsets),
+            "doc_offsets": offsets,
+            "bytes": stats.bytes_read,
+            "replaced_chars": stats.replaced_chars,
+            "sources": [s.fingerprint() for s in sources],
             "checksum": _checksum(temporary, count * dtype.itemsize),
         }
         os.replace(temporary, bin_path)
@@ -307,22 +336,28 @@ def _build(bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, 
     return meta
 
 
-def _write_tokens(file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar) -> tuple[list[int], int]:
+def _write_tokens(
+    file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar
+) -> tuple[list[int], int]:
     """Streams each unit's ids to `file` in one write; returns the documents' offsets and the token count."""
     offsets: list[int] = []
     count = 0
     limit = np.iinfo(dtype).max
-    pieces = corpus.pieces(sources, separator=settings["separator"], text_field=settings["text_field"], stats=stats)
+    pieces = corpus.pieces(
+        sources, separator=settings["separator"], text_field=settings["text_field"], stats=stats
+    )
     for arrays, starts in encode.encode_pieces(tokenizer, pieces, workers=workers):
         parts = []
-        for ids, starts_document in zip(arrays, starts):
+        for ids, starts_document in zip(arrays, starts, strict=True):
             if starts_document:
                 if offsets:
                     parts.append(separator_ids)
                     count += len(separator_ids)
                 offsets.append(count)
             if len(ids) and ids.max() > limit:
-                raise ValueError(f"token id {int(ids.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong")
+                raise ValueError(
+                    f"token id {int(ids.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong"
+                )
             # Cast before joining: a unit's tokens are held once, at 2 or 4 bytes each.
             parts.append(ids.astype(dtype, copy=False))
             count += len(ids)
@@ -371,4 +406,6 @@ def _progress_bar(total_bytes: int, progress: bool | None):
         from tqdm import tqdm
     except ImportError:  # tqdm is optional (the dev extra): no bar without it
         return _NoBar()
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenizing", file=sys.stderr)
+    return tqdm(
+        total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenizing", file=sys.stderr
+    )

@@ -74,9 +74,15 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_corpus_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", help="tiktoken name, .tiktoken file, tokenizer.json or 'bytes' (default gpt2)")
-    parser.add_argument("--cache-dir", help="token cache folder (default $WINDOWLOADER_CACHE or ~/.cache/windowloader)")
-    parser.add_argument("--text-field", default="text", help="the .jsonl field holding the text (default text)")
+    parser.add_argument(
+        "--tokenizer", help="tiktoken name, .tiktoken file, tokenizer.json or 'bytes' (default gpt2)"
+    )
+    parser.add_argument(
+        "--cache-dir", help="token cache folder (default $WINDOWLOADER_CACHE or ~/.cache/windowloader)"
+    )
+    parser.add_argument(
+        "--text-field", default="text", help="the .jsonl field holding the text (default text)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -87,23 +93,51 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("input", nargs="*", help="files, directories, globs, .jsonl (default: CPython's language reference topics)")
+    parser.add_argument(
+        "input",
+        nargs="*",
+        help="files, directories, globs, .jsonl (default: CPython's language reference topics)",
+    )
     parser.add_argument("--max-length", type=_positive_int, help="tokens per window (default 256)")
     parser.add_argument("--stride", type=_positive_int, help="tokens between window starts (default 128)")
     parser.add_argument("--batch-size", type=_positive_int, help="windows per batch (default 4)")
-    parser.add_argument("--preset", choices=[*PRESETS, "auto"], help="a configuration from the specification's table")
-    parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True, help="shuffle each epoch (default on)")
+    parser.add_argument(
+        "--preset", choices=[*PRESETS, "auto"], help="a configuration from the specification's table"
+    )
+    parser.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="shuffle each epoch (default on)",
+    )
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="the shuffle's seed (default 0)")
-    parser.add_argument("--drop-last", dest="drop_last", action="store_true", default=True, help="drop a last partial batch (default)")
-    parser.add_argument("--keep-last", dest="drop_last", action="store_false", help="keep a last partial batch")
-    parser.add_argument("--framework", choices=["numpy", "torch", "jax"], help="who serves the batches (default torch when installed, else numpy)")
-    parser.add_argument("--max-batches", type=_positive_int, help="iterate this many batches, not a whole epoch")
+    parser.add_argument(
+        "--drop-last",
+        dest="drop_last",
+        action="store_true",
+        default=True,
+        help="drop a last partial batch (default)",
+    )
+    parser.add_argument(
+        "--keep-last", dest="drop_last", action="store_false", help="keep a last partial batch"
+    )
+    parser.add_argument(
+        "--framework",
+        choices=["numpy", "torch", "jax"],
+        help="who serves the batches (default torch when installed, else numpy)",
+    )
+    parser.add_argument(
+        "--max-batches", type=_positive_int, help="iterate this many batches, not a whole epoch"
+    )
     _add_corpus_flags(parser)
     return parser
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="windowloader prepare", description="Tokenizes INPUT into the token cache and prints the cache's path.")
+    parser = _Parser(
+        prog="windowloader prepare",
+        description="Tokenizes INPUT into the token cache and prints the cache's path.",
+    )
     parser.add_argument("input", nargs="+", help="files, directories, globs, .jsonl")
     _add_corpus_flags(parser)
     return parser
@@ -140,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
     sources = [Path(name) for name in args.input] if args.input else default_corpus()
     return tokenize_corpus(
-        sources, tokenizer, cache_dir=args.cache_dir, text_field=args.text_field, progress=False if args.quiet else None
+        sources,
+        tokenizer,
+        cache_dir=args.cache_dir,
+        text_field=args.text_field,
+        progress=False if args.quiet else None,
     )
 
 
@@ -182,7 +220,7 @@ def _config(args: argparse.Namespace, n_tokens: int) -> _Config:
         preset = "small" if n_tokens < small else "medium" if n_tokens < medium else "large"
     base = PRESETS[preset] if preset else _DEFAULTS
     given = (args.max_length, args.stride, args.batch_size)
-    values = [flag if flag is not None else default for flag, default in zip(given, base)]
+    values = [flag if flag is not None else default for flag, default in zip(given, base, strict=True)]
     return _Config(*values, preset=preset)
 
 
@@ -195,7 +233,11 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
         )
     windows = corpus.windows(max_length=config.max_length, stride=config.stride)
     order = BatchOrder(
-        len(windows), batch_size=config.batch_size, shuffle=args.shuffle, drop_last=args.drop_last, seed=args.seed
+        len(windows),
+        batch_size=config.batch_size,
+        shuffle=args.shuffle,
+        drop_last=args.drop_last,
+        seed=args.seed,
     )
     framework = args.framework or ("torch" if importlib.util.find_spec("torch") else "numpy")
     inputs, targets = next(_batches(framework, windows, order))
@@ -221,11 +263,17 @@ def _rows(corpus, windows: TokenWindows, order: BatchOrder, config: _Config, fra
         ("tokens", f"{n:,}"),
         ("documents", f"{corpus.n_documents:,}"),
         ("windows", f"{len(windows):,}  (max_length {length}, stride {stride}{preset})"),
-        ("batches per epoch", f"{len(order):,}  (batch_size {order.batch_size}, {'drop' if order.drop_last else 'keep'} last, "
-         f"{len(windows) - served:,} windows dropped)"),
+        (
+            "batches per epoch",
+            f"{len(order):,}  (batch_size {order.batch_size}, {'drop' if order.drop_last else 'keep'} last, "
+            f"{len(windows) - served:,} windows dropped)",
+        ),
         ("tail never a target", f"{tail:,} tokens  ({100 * tail / n:.2f}% of the corpus)"),
         ("overlap", f"{100 * overlap / length:.1f}%  ({overlap} tokens shared by consecutive windows)"),
-        ("targets per token", f"{served * length / n:.2f}  (times each token is a target per epoch, on average)"),
+        (
+            "targets per token",
+            f"{served * length / n:.2f}  (times each token is a target per epoch, on average)",
+        ),
         ("bytes per batch", f"{_nbytes(inputs) + _nbytes(targets):,}  (inputs + targets, {inputs.dtype})"),
         ("batch shape", f"inputs {_shape(framework, inputs)}, targets {_shape(framework, targets)}"),
     ]
@@ -257,7 +305,9 @@ def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus) ->
         )
     dropped = len(windows) - len(order) * order.batch_size
     if order.drop_last and dropped > 0.1 * len(windows):
-        notes.append(f"drop_last drops {dropped:,} of {len(windows):,} windows each epoch: use --keep-last or a smaller --batch-size")
+        notes.append(
+            f"drop_last drops {dropped:,} of {len(windows):,} windows each epoch: use --keep-last or a smaller --batch-size"
+        )
     return notes
 
 
@@ -273,10 +323,18 @@ def _batches(framework: str, windows: TokenWindows, order: BatchOrder):
         except ModuleNotFoundError as error:
             if error.name != "windowloader.adapters.jax":
                 raise
-            raise _Failure("--framework jax needs windowloader.adapters.jax, which this install lacks") from None
-    dataset = adapter.create_dataset(tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride)
+            raise _Failure(
+                "--framework jax needs windowloader.adapters.jax, which this install lacks"
+            ) from None
+    dataset = adapter.create_dataset(
+        tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride
+    )
     loader = adapter.create_dataloader(
-        dataset, batch_size=order.batch_size, shuffle=order.shuffle, drop_last=order.drop_last, seed=order.seed
+        dataset,
+        batch_size=order.batch_size,
+        shuffle=order.shuffle,
+        drop_last=order.drop_last,
+        seed=order.seed,
     )
     return iter(loader)
 
@@ -319,9 +377,15 @@ def _show_overlap(windows: TokenWindows, tokenizer) -> None:
     second = windows[1][0]
     shared = max(0, length - stride)
     print(f"window 0 = tokens[0:{length}]")
-    print(f"  {_clip(tokenizer.decode(first[:stride].tolist()))}[{_clip(tokenizer.decode(first[stride:].tolist()))}]")
-    print(f"window 1 = tokens[{stride}:{stride + length}]  <- {shared} tokens overlap ({100 * shared / length:.0f}%)")
-    print(f"  [{_clip(tokenizer.decode(second[:shared].tolist()))}]{_clip(tokenizer.decode(second[shared:].tolist()))}")
+    print(
+        f"  {_clip(tokenizer.decode(first[:stride].tolist()))}[{_clip(tokenizer.decode(first[stride:].tolist()))}]"
+    )
+    print(
+        f"window 1 = tokens[{stride}:{stride + length}]  <- {shared} tokens overlap ({100 * shared / length:.0f}%)"
+    )
+    print(
+        f"  [{_clip(tokenizer.decode(second[:shared].tolist()))}]{_clip(tokenizer.decode(second[shared:].tolist()))}"
+    )
 
 
 def _clip(text: str) -> str:

@@ -20,8 +20,30 @@ from pathlib import Path
 
 # Text-like files that a directory contributes unless `suffixes` says otherwise.
 DEFAULT_SUFFIXES = (
-    ".txt", ".text", ".md", ".markdown", ".rst", ".tex", ".html", ".htm", ".xml", ".csv", ".tsv",
-    ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".rb", ".sh",
+    ".txt",
+    ".text",
+    ".md",
+    ".markdown",
+    ".rst",
+    ".tex",
+    ".html",
+    ".htm",
+    ".xml",
+    ".csv",
+    ".tsv",
+    ".py",
+    ".c",
+    ".h",
+    ".cc",
+    ".cpp",
+    ".hpp",
+    ".java",
+    ".js",
+    ".ts",
+    ".go",
+    ".rs",
+    ".rb",
+    ".sh",
     ".jsonl",
 )
 _GLOB_CHARS = frozenset("*?[")
@@ -98,14 +120,20 @@ def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Sour
 def _from_path(path: Path, suffixes: tuple[str, ...]) -> list[Source]:
     if _GLOB_CHARS & set(str(path)):
         names = sorted(glob.glob(str(path), recursive=True))
-        files = [_file(os.path.abspath(name), os.stat(name)) for name in names if name.lower().endswith(suffixes) and os.path.isfile(name)]
+        files = [
+            _file(os.path.abspath(name), os.stat(name))
+            for name in names
+            if name.lower().endswith(suffixes) and os.path.isfile(name)
+        ]
         if not files:
             raise ValueError(f"glob {str(path)!r} matches no file ending in {', '.join(suffixes)}")
         return files
     if path.is_dir():
         root = os.path.abspath(path)
         # Sorted by relative path, so that the stream does not depend on the file system's order.
-        entries = sorted(_walk(root, suffixes), key=lambda entry: entry.path[len(root):].replace(os.sep, "/"))
+        entries = sorted(
+            _walk(root, suffixes), key=lambda entry: entry.path[len(root) :].replace(os.sep, "/")
+        )
         if not entries:
             raise ValueError(f"directory {str(path)!r} holds no file ending in {', '.join(suffixes)}")
         return [_file(entry.path, entry.stat()) for entry in entries]  # already absolute
@@ -129,7 +157,9 @@ def _file(path: str, stat: os.stat_result) -> Source:
     return Source(kind, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
-def pieces(sources: list[Source], *, separator: str, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
+def pieces(
+    sources: list[Source], *, separator: str, text_field: str, stats: ReadStats
+) -> Iterator[tuple[str, bool]]:
     """Yields `(text, starts_document)`: every document of `sources`, in order, in pieces.
 
     A text source is split into documents at `separator`; a file is one document; a `.jsonl`
@@ -154,7 +184,9 @@ def _document(texts: Iterator[str], stats: ReadStats) -> Iterator[tuple[str, boo
     for text in texts:
         buffer += text
         while len(buffer) > _PIECE_CHARS:
-            cut = _cut_point(buffer, _PIECE_CHARS) or (_MAX_PIECE_CHARS if len(buffer) > _MAX_PIECE_CHARS else 0)
+            cut = _cut_point(buffer, _PIECE_CHARS) or (
+                _MAX_PIECE_CHARS if len(buffer) > _MAX_PIECE_CHARS else 0
+            )
             if not cut:
                 break  # no safe cut yet: wait for more text
             yield buffer[:cut], first
