@@ -268,3 +268,10 @@ def test_empty_jsonl_documents_are_an_empty_corpus(tmp_path, cache):
 def test_bad_arguments_are_refused(cache, kwargs, error, match):
     with pytest.raises(error, match=match):
         wl.tokenize_corpus("text", "bytes", **{"cache_dir": cache, **kwargs})
+
+
+def test_a_str_naming_a_file_is_text_with_a_warning(tmp_path, cache):
+    path = write(tmp_path / "a.txt", "file contents")
+    with pytest.warns(UserWarning, match=r"is read as text, but it names a file.*pathlib.Path"):
+        result = wl.tokenize_corpus(str(path), "bytes", cache_dir=cache)
+    check(result, [str(path)])

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Sour
     resolved: list[Source] = []
     for item in items:
         if isinstance(item, str):
+            _warn_if_path(item)
             resolved.append(Source("text", text=item, size=len(item.encode("utf-8", "surrogatepass"))))
         elif isinstance(item, os.PathLike):
             resolved.extend(_from_path(Path(item), wanted))
@@ -115,6 +117,16 @@ def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Sour
                 f"{type(item).__name__}: wrap file names in pathlib.Path"
             )
     return resolved
+
+
+def _warn_if_path(text: str) -> None:
+    """A `str` is text; one that names a file or folder was most likely meant as a path."""
+    if "\n" not in text and len(text) < 4096 and os.path.exists(text):
+        warnings.warn(
+            f"source {text!r} is read as text, but it names a file or folder: "
+            f"pass pathlib.Path({text!r}) to read it",
+            stacklevel=4,
+        )
 
 
 def _from_path(path: Path, suffixes: tuple[str, ...]) -> list[Source]:
