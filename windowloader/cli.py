@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
+import os
 import sys
 import time
 import warnings
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             print(corpus.path)
             return 0
         _plan(args, corpus, tokenizer)
+    except BrokenPipeError:  # `windowloader ... | head` stopped reading: nothing left to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's last flush does not fail too
+        return 1
     except (_Failure, OSError, ValueError, TypeError, ImportError) as error:
         print(f"windowloader: error: {error}", file=sys.stderr)
         return 2
