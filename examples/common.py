@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from gpt_config import SIZES, GPTConfig, TrainConfig
+
 from windowloader import load_tokenizer
 from windowloader.cli import default_corpus
 from windowloader.tokenizer import encode_to_array
@@ -31,8 +31,12 @@ if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_TIKTOKEN.is_dir():
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The flags of both training scripts (and of compare_frameworks.py, which passes them on)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="model and batch size (default tiny)")
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", choices=sorted(SIZES), default="tiny", help="model and batch size (default tiny)"
+    )
     parser.add_argument("--steps", type=_positive_int, help="training steps (default 300)")
     parser.add_argument("--batch-size", type=_positive_int, help="windows per batch")
     parser.add_argument("--max-length", type=_positive_int, help="tokens per window, the context length")
@@ -40,13 +44,19 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch order and the weights")
     parser.add_argument("--eval-interval", type=_positive_int, help="steps between validation losses")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of the tokens held out (default 0.1)")
-    parser.add_argument("--predict-once", action="store_true", help="weight the loss so each token is predicted once")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of the tokens held out (default 0.1)"
+    )
+    parser.add_argument(
+        "--predict-once", action="store_true", help="weight the loss so each token is predicted once"
+    )
     parser.add_argument("--input", help="a UTF-8 text file (default: CPython's language reference topics)")
     parser.add_argument("--tokenizer", help="tiktoken name, .tiktoken file or 'bytes' (default gpt2)")
     parser.add_argument("--prompt", default="The with statement", help="text the trained model continues")
     parser.add_argument("--new-tokens", type=int, default=30, help="tokens generated after training")
-    parser.add_argument("--top-k", type=int, default=5, help="sample among the k likeliest tokens; 0 is greedy")
+    parser.add_argument(
+        "--top-k", type=int, default=5, help="sample among the k likeliest tokens; 0 is greedy"
+    )
     parser.add_argument("--out", default="out", help="folder for the run log <framework>.json (default out)")
     return parser
 
@@ -65,8 +75,14 @@ def configs(args: argparse.Namespace, corpus: Corpus) -> tuple[GPTConfig, TrainC
     train = TrainConfig(
         **{
             **train_kw,
-            **_given(args, steps="steps", batch_size="batch_size", stride="stride", learning_rate="lr",
-                     eval_interval="eval_interval"),
+            **_given(
+                args,
+                steps="steps",
+                batch_size="batch_size",
+                stride="stride",
+                learning_rate="lr",
+                eval_interval="eval_interval",
+            ),
             "seed": args.seed,
         }
     )
@@ -99,30 +115,43 @@ class Corpus:
     source: str
 
     @property
-    def entropy(self) -> float:
-        """The unigram entropy of the corpus in nats per token: the loss of a model that
-        knows only how often each token occurs, and no context."""
-        counts = np.bincount(np.concatenate([self.train, self.val]))
-        p = counts[counts > 0] / counts.sum()
-        return float(-(p * np.log(p)).sum())
+    def entropies(self) -> dict[str, float]:
+        """The unigram entropy of the corpus and of each part, in nats per token."""
+        whole = np.concatenate([self.train, self.val])
+        return {
+            name: unigram_entropy(part)
+            for name, part in (("corpus", whole), ("train", self.train), ("val", self.val))
+        }
 
     def encode(self, text: str) -> list[int]:
         ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
         found = np.searchsorted(self.vocab, ids).clip(max=len(self.vocab) - 1)
         missing = ids[self.vocab[found] != ids]
         if len(missing):
-            raise ValueError(f"--prompt {text!r} holds tokens the corpus never uses ({missing.tolist()}): reword it")
+            raise ValueError(
+                f"--prompt {text!r} holds tokens the corpus never uses ({missing.tolist()}): reword it"
+            )
         return found.tolist()
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(self.vocab[np.asarray(list(ids), dtype=np.int64)].tolist())
 
 
+def unigram_entropy(tokens: np.ndarray) -> float:
+    """The loss, in nats per token, of the best model that knows only how often each token
+    occurs and ignores its context: a trained model that learned anything beats it."""
+    counts = np.bincount(tokens)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
 def load_corpus(args: argparse.Namespace) -> Corpus:
     """Reads and tokenizes the corpus, and splits its tokens: the first 1 - val_fraction train,
     the rest validate. Each part gets its own dataset, so no window straddles the split."""
     if not 0 < args.val_fraction < 1:
-        raise SystemExit(f"error: --val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}")
+        raise SystemExit(
+            f"error: --val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}"
+        )
     text, source = _read(args.input)
     tokenizer = _tokenizer(args.tokenizer)
     vocab, compact = np.unique(encode_to_array(tokenizer, text), return_inverse=True)
@@ -143,8 +172,11 @@ def _tokenizer(name: str | None):
         return load_tokenizer(name)
     try:
         return load_tokenizer("gpt2")
-    except Exception as error:  # tiktoken raises network errors of several kinds offline
-        print(f"gpt2's BPE files could not be loaded ({type(error).__name__}); using --tokenizer bytes", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001  (tiktoken raises network errors of several kinds offline)
+        print(
+            f"gpt2's BPE files could not be loaded ({type(error).__name__}); using --tokenizer bytes",
+            file=sys.stderr,
+        )
         return load_tokenizer("bytes")
 
 
@@ -183,8 +215,15 @@ class StepClock:
         return self._fetched - self._start, time.perf_counter() - self._start
 
 
-def generate(next_logits: Callable[[np.ndarray], np.ndarray], prompt: list[int], *, max_length: int,
-             new_tokens: int, top_k: int, seed: int) -> list[int]:
+def generate(
+    next_logits: Callable[[np.ndarray], np.ndarray],
+    prompt: list[int],
+    *,
+    max_length: int,
+    new_tokens: int,
+    top_k: int,
+    seed: int,
+) -> list[int]:
     """Extends `prompt` token by token: greedy when `top_k` is 0, else sampled among the top k.
 
     `next_logits` maps an int32 `(1, max_length)` window to logits `(1, max_length, vocab)`. The
@@ -211,7 +250,9 @@ class RunLog:
     """Per-step losses, timings and batch hashes, validation losses and the sample, printed as
     the run goes and written at the end to `<out>/<framework>.json` for compare_frameworks.py."""
 
-    def __init__(self, framework: str, device: str, model: GPTConfig, train: TrainConfig, corpus: Corpus) -> None:
+    def __init__(
+        self, framework: str, device: str, model: GPTConfig, train: TrainConfig, corpus: Corpus
+    ) -> None:
         self.record = {
             "framework": framework,
             "device": device,
@@ -220,15 +261,17 @@ class RunLog:
             "train": dataclasses.asdict(train),
             "corpus": corpus.source,
             "tokens": {"train": len(corpus.train), "val": len(corpus.val), "vocab": len(corpus.vocab)},
-            "unigram_entropy": corpus.entropy,
+            "unigram_entropy": corpus.entropies,
             "steps": [],
             "val": [],
         }
         self.train = train
         self._started = time.perf_counter()
         print(f"{framework} on {device}: {model}")
-        print(f"{len(corpus.train):,} training and {len(corpus.val):,} validation tokens, {len(corpus.vocab):,} "
-              f"distinct; unigram entropy {corpus.entropy:.3f} nats/token")
+        print(
+            f"{len(corpus.train):,} training and {len(corpus.val):,} validation tokens, {len(corpus.vocab):,} "
+            f"distinct; unigram entropy (nats/token) {_entropies(corpus.entropies)}"
+        )
 
     def step(self, step: int, loss: float, timing: tuple[float, float], batch) -> None:
         wait_s, step_s = timing
@@ -243,14 +286,21 @@ class RunLog:
     def val(self, step: int, loss: float) -> None:
         self.record["val"].append({"step": step + 1, "loss": loss})
         recent = [s["loss"] for s in self.record["steps"][-self.train.eval_interval :]]
-        print(f"step {step + 1:5d}/{self.train.steps}  train {np.mean(recent):.3f}  val {loss:.3f}  "
-              f"({time.perf_counter() - self._started:.0f} s)", flush=True)
+        print(
+            f"step {step + 1:5d}/{self.train.steps}  train {np.mean(recent):.3f}  val {loss:.3f}  "
+            f"({time.perf_counter() - self._started:.0f} s)",
+            flush=True,
+        )
 
     def finish(self, out: str, prompt: str, sample: str) -> Path:
         self.record["wall_s"] = time.perf_counter() - self._started
         self.record["sample"] = {"prompt": prompt, "text": sample}
         print(f"sample: {sample!r}")
         return write_json(Path(out) / f"{self.record['framework']}.json", self.record)
+
+
+def _entropies(entropies: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.3f}" for name, value in entropies.items())
 
 
 def read_json(path: Path):

@@ -33,7 +33,7 @@ def main() -> int | str:
     for framework in FRAMEWORKS:
         print(f"\n=== {framework} ===", flush=True)
         command = [sys.executable, str(HERE / f"train_{framework}.py"), *sys.argv[1:], "--out", args.out]
-        if subprocess.run(command, env=CHILD_ENV).returncode:
+        if subprocess.run(command, env=CHILD_ENV, check=False).returncode:
             return f"train_{framework}.py failed: see above"
         runs[framework] = common.read_json(Path(args.out) / f"{framework}.json")
 
@@ -47,7 +47,11 @@ def main() -> int | str:
         "unigram_entropy": runs["torch"]["unigram_entropy"],
         "model": runs["torch"]["model"],
         "train": runs["torch"]["train"],
-        "batches": {"steps": len(runs["torch"]["steps"]), "identical": not mismatches, "mismatches": mismatches},
+        "batches": {
+            "steps": len(runs["torch"]["steps"]),
+            "identical": not mismatches,
+            "mismatches": mismatches,
+        },
         "runs": summaries,
     }
     common.write_json(Path(args.out) / "results.json", results)
@@ -96,20 +100,29 @@ def print_table(results: dict) -> None:
     rows = [
         ("device", lambda r: r["device"]),
         ("steps", lambda r: f"{r['steps']}"),
-        (f"train loss (mean of last {runs['torch']['train_loss_over_last_steps']})", lambda r: f"{r['train_loss']:.3f}"),
+        (
+            f"train loss (mean of last {runs['torch']['train_loss_over_last_steps']})",
+            lambda r: f"{r['train_loss']:.3f}",
+        ),
         ("validation loss", lambda r: f"{r['val_loss']:.3f}"),
         ("tokens/s (after step 1)", lambda r: f"{r['tokens_per_s']:,.0f}"),
         ("step time waiting for data", lambda r: f"{100 * r['data_wait_share']:.2f}%"),
         ("wall time", lambda r: f"{r['wall_s']:.0f} s"),
     ]
     width = max(len(label) for label, _ in rows)
-    columns = {framework: max(len(framework), *(len(cell(runs[framework])) for _, cell in rows)) for framework in runs}
+    columns = {
+        framework: max(len(framework), *(len(cell(runs[framework])) for _, cell in rows))
+        for framework in runs
+    }
     print("\n" + " " * width + "  " + "  ".join(f"{framework:>{columns[framework]}}" for framework in runs))
     for label, cell in rows:
         print(f"{label:<{width}}  " + "  ".join(f"{cell(runs[f]):>{columns[f]}}" for f in runs))
     entropy = results["unigram_entropy"]
     batches = results["batches"]
-    print(f"\nunigram entropy of the corpus: {entropy:.3f} nats/token (the loss of a model that ignores context)")
+    print(
+        f"\nunigram entropy (the loss of a model that ignores context), nats/token: corpus "
+        f"{entropy['corpus']:.3f}, training part {entropy['train']:.3f}, validation part {entropy['val']:.3f}"
+    )
     print(f"identical batches: {batches['steps'] - len(batches['mismatches'])} of {batches['steps']} steps")
     for framework, run in runs.items():
         print(f"{framework} sample: {run['sample']['text']!r}")
@@ -128,7 +141,13 @@ def plot(results: dict, path: Path) -> None:
         axes.plot(steps, losses, color=color, alpha=0.45, linewidth=0.8, label=f"{framework} train")
         steps, losses = zip(*run["val_curve"])
         axes.plot(steps, losses, "o-", color=color, markersize=4, label=f"{framework} validation")
-    axes.axhline(results["unigram_entropy"], color="gray", linestyle="--", linewidth=1, label="unigram entropy")
+    entropy = results["unigram_entropy"]
+    axes.axhline(
+        entropy["train"], color="gray", linestyle="--", linewidth=1, label="unigram entropy, training part"
+    )
+    axes.axhline(
+        entropy["val"], color="gray", linestyle=":", linewidth=1, label="unigram entropy, validation part"
+    )
     axes.set(xlabel="step", ylabel="cross-entropy (nats/token)", title="Same batches, PyTorch and Flax")
     axes.legend(fontsize=8)
     figure.tight_layout()

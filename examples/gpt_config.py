@@ -54,10 +54,13 @@ class TrainConfig:
 
 # Named sizes for --size. "tiny" finishes in minutes on a laptop CPU; "small" is for a GPU.
 SIZES = {
-    "tiny": (dict(max_length=64, n_layer=2, n_head=4, d_model=64), dict(batch_size=16, stride=32)),
+    "tiny": (
+        {"max_length": 64, "n_layer": 2, "n_head": 4, "d_model": 64},
+        {"batch_size": 16, "stride": 32},
+    ),
     "small": (
-        dict(max_length=256, n_layer=6, n_head=8, d_model=384),
-        dict(batch_size=32, stride=128, learning_rate=1e-3, min_learning_rate=1e-4),
+        {"max_length": 256, "n_layer": 6, "n_head": 8, "d_model": 384},
+        {"batch_size": 32, "stride": 128, "learning_rate": 1e-3, "min_learning_rate": 1e-4},
     ),
 }
 

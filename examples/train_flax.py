@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from functools import partial
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
-import common
 from gpt_config import GPTConfig, TrainConfig, learning_rates
+
 from windowloader.adapters.jax import create_dataloader, create_dataset
 
 
@@ -29,7 +29,9 @@ class Block(nnx.Module):
         norm = partial(nnx.LayerNorm, d, epsilon=config.layer_norm_eps, rngs=rngs)
         dense = partial(nnx.Linear, kernel_init=nnx.initializers.normal(config.init_std), rngs=rngs)
         # The projections that write into the residual stream start smaller.
-        residual = partial(nnx.Linear, kernel_init=nnx.initializers.normal(config.residual_init_std), rngs=rngs)
+        residual = partial(
+            nnx.Linear, kernel_init=nnx.initializers.normal(config.residual_init_std), rngs=rngs
+        )
         self.ln1, self.qkv, self.proj = norm(), dense(d, 3 * d), residual(d, d)
         self.ln2, self.fc, self.out = norm(), dense(d, 4 * d), residual(4 * d, d)
 
@@ -71,7 +73,10 @@ def make_optimizer(model: GPT, train: TrainConfig) -> nnx.Optimizer:
         optax.clip_by_global_norm(train.grad_clip),
         optax.adamw(
             lambda count: table[jnp.minimum(count, len(table) - 1)],
-            b1=train.beta1, b2=train.beta2, eps=train.eps, weight_decay=train.weight_decay,
+            b1=train.beta1,
+            b2=train.beta2,
+            eps=train.eps,
+            weight_decay=train.weight_decay,
             mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
         ),
     )
@@ -98,21 +103,37 @@ def evaluate(model: GPT, loader) -> float:
 # The input pipeline: these lines are the same in train_torch.py, but for the import.
 def make_loaders(corpus: common.Corpus, model: GPTConfig, train: TrainConfig, predict_once: bool):
     train_set = create_dataset(
-        "gpt_v1", tokens=corpus.train, max_length=model.max_length, stride=train.stride, return_weights=predict_once
+        "gpt_v1",
+        tokens=corpus.train,
+        max_length=model.max_length,
+        stride=train.stride,
+        return_weights=predict_once,
     )
     val_set = create_dataset(
-        "gpt_v1", tokens=corpus.val, max_length=model.max_length, stride=model.max_length, return_weights=predict_once
+        "gpt_v1",
+        tokens=corpus.val,
+        max_length=model.max_length,
+        stride=model.max_length,
+        return_weights=predict_once,
     )
-    train_loader = create_dataloader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True, seed=train.seed)
-    val_loader = create_dataloader(val_set, batch_size=train.batch_size, shuffle=False, drop_last=True, seed=train.seed)
+    train_loader = create_dataloader(
+        train_set, batch_size=train.batch_size, shuffle=True, drop_last=True, seed=train.seed
+    )
+    val_loader = create_dataloader(
+        val_set, batch_size=train.batch_size, shuffle=False, drop_last=True, seed=train.seed
+    )
     return train_loader, val_loader
+
+
 # End of the input pipeline.
 
 
 def replicate(*modules: nnx.Module) -> None:
     """Copies the model and optimizer state to every device (the loader splits each batch across
     all of them), with the sharding train_step's outputs have, so it compiles only once."""
-    everywhere = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("data",)), jax.sharding.PartitionSpec())
+    everywhere = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(jax.devices(), ("data",)), jax.sharding.PartitionSpec()
+    )
     for module in modules:
         nnx.update(module, jax.device_put(nnx.state(module), everywhere))
 
@@ -126,7 +147,9 @@ def main() -> None:
     replicate(model, optimizer)
     train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
     device = jax.devices()[0]
-    log = common.RunLog("flax", f"{device.platform} ({device.device_kind}) x{jax.device_count()}", model_config, train, corpus)
+    log = common.RunLog(
+        "flax", f"{device.platform} ({device.device_kind}) x{jax.device_count()}", model_config, train, corpus
+    )
 
     clock, batches = common.StepClock(), common.forever(train_loader)
     for step in range(train.steps):  # the learning rate comes from the same table, inside optax
@@ -139,8 +162,11 @@ def main() -> None:
     forward = nnx.jit(lambda model, window: model(window))
     ids = common.generate(
         lambda window: forward(model, jnp.asarray(window)),
-        corpus.encode(args.prompt), max_length=model_config.max_length,
-        new_tokens=args.new_tokens, top_k=args.top_k, seed=train.seed,
+        corpus.encode(args.prompt),
+        max_length=model_config.max_length,
+        new_tokens=args.new_tokens,
+        top_k=args.top_k,
+        seed=train.seed,
     )
     log.finish(args.out, args.prompt, corpus.decode(ids))
 

@@ -8,13 +8,13 @@ Runs on CUDA, then MPS, then the CPU, whichever is there first. Writes out/torch
 
 from __future__ import annotations
 
+import common
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gpt_config import GPTConfig, TrainConfig, learning_rates
 from torch import nn
 
-import common
-from gpt_config import GPTConfig, TrainConfig, learning_rates
 from windowloader.adapters.torch import create_dataloader, create_dataset
 
 
@@ -100,14 +100,28 @@ def evaluate(model: GPT, loader, device) -> float:
 # The input pipeline: these lines are the same in train_flax.py, but for the import.
 def make_loaders(corpus: common.Corpus, model: GPTConfig, train: TrainConfig, predict_once: bool):
     train_set = create_dataset(
-        "gpt_v1", tokens=corpus.train, max_length=model.max_length, stride=train.stride, return_weights=predict_once
+        "gpt_v1",
+        tokens=corpus.train,
+        max_length=model.max_length,
+        stride=train.stride,
+        return_weights=predict_once,
     )
     val_set = create_dataset(
-        "gpt_v1", tokens=corpus.val, max_length=model.max_length, stride=model.max_length, return_weights=predict_once
+        "gpt_v1",
+        tokens=corpus.val,
+        max_length=model.max_length,
+        stride=model.max_length,
+        return_weights=predict_once,
     )
-    train_loader = create_dataloader(train_set, batch_size=train.batch_size, shuffle=True, drop_last=True, seed=train.seed)
-    val_loader = create_dataloader(val_set, batch_size=train.batch_size, shuffle=False, drop_last=True, seed=train.seed)
+    train_loader = create_dataloader(
+        train_set, batch_size=train.batch_size, shuffle=True, drop_last=True, seed=train.seed
+    )
+    val_loader = create_dataloader(
+        val_set, batch_size=train.batch_size, shuffle=False, drop_last=True, seed=train.seed
+    )
     return train_loader, val_loader
+
+
 # End of the input pipeline.
 
 
@@ -128,7 +142,11 @@ def main() -> None:
     model = GPT(model_config).to(device)
     optimizer = make_optimizer(model, train)
     train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{device.type} ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{device.type} ({torch.get_num_threads()} threads)"
+    )
     log = common.RunLog("torch", name, model_config, train, corpus)
 
     clock, batches = common.StepClock(), common.forever(train_loader)
@@ -143,8 +161,11 @@ def main() -> None:
     with torch.no_grad():
         ids = common.generate(
             lambda window: model(torch.from_numpy(window).long().to(device)).float().cpu(),
-            corpus.encode(args.prompt), max_length=model_config.max_length,
-            new_tokens=args.new_tokens, top_k=args.top_k, seed=train.seed,
+            corpus.encode(args.prompt),
+            max_length=model_config.max_length,
+            new_tokens=args.new_tokens,
+            top_k=args.top_k,
+            seed=train.seed,
         )
     log.finish(args.out, args.prompt, corpus.decode(ids))
 
