@@ -23,15 +23,15 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 import numpy as np
 
 from windowloader import _checks
+from windowloader.order import BatchOrder
+from windowloader.source import check_dataset_type, windows_from_arguments, windows_from_text
+from windowloader.state import Cursor
+from windowloader.windows import TokenWindows, memmap_source
 
 # Workers send batches in groups of about this many bytes: each message through a worker's
 # queue costs ~0.2-0.5 ms here, far more than gathering a batch (~10 µs).
 _GROUP_BYTES = 256 * 1024
 _MAX_GROUP = 64
-from windowloader.order import BatchOrder
-from windowloader.source import check_dataset_type, windows_from_arguments, windows_from_text
-from windowloader.state import Cursor
-from windowloader.windows import TokenWindows, memmap_source
 
 
 class GPTDatasetV1(Dataset):
