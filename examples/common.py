@@ -246,17 +246,26 @@ def generate(
     return ids
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 class RunLog:
     """Per-step losses, timings and batch hashes, validation losses and the sample, printed as
     the run goes and written at the end to `<out>/<framework>.json` for compare_frameworks.py."""
 
     def __init__(
-        self, framework: str, device: str, model: GPTConfig, train: TrainConfig, corpus: Corpus
+        self, framework: str, versions: str, device: str, model: GPTConfig, train: TrainConfig, corpus: Corpus
     ) -> None:
         self.record = {
             "framework": framework,
+            "versions": versions,
             "device": device,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+            "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, {platform.system()}, Python {platform.python_version()}",
             "model": dataclasses.asdict(model),
             "train": dataclasses.asdict(train),
             "corpus": corpus.source,

@@ -81,6 +81,7 @@ def summarize(run: dict) -> dict:
     tokens = run["train"]["batch_size"] * run["model"]["max_length"] * len(timed)
     tail = steps[-max(1, len(steps) // 10) :]
     return {
+        "versions": run["versions"],
         "device": run["device"],
         "steps": len(steps),
         "train_loss": sum(s["loss"] for s in tail) / len(tail),
@@ -98,6 +99,7 @@ def summarize(run: dict) -> dict:
 def print_table(results: dict) -> None:
     runs = results["runs"]
     rows = [
+        ("versions", lambda r: r["versions"]),
         ("device", lambda r: r["device"]),
         ("steps", lambda r: f"{r['steps']}"),
         (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 import common
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,9 +148,9 @@ def main() -> None:
     replicate(model, optimizer)
     train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
     device = jax.devices()[0]
-    log = common.RunLog(
-        "flax", f"{device.platform} ({device.device_kind}) x{jax.device_count()}", model_config, train, corpus
-    )
+    versions = f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
+    device_name = f"{jax.device_count()} x {device.device_kind}"
+    log = common.RunLog("flax", versions, device_name, model_config, train, corpus)
 
     clock, batches = common.StepClock(), common.forever(train_loader)
     for step in range(train.steps):  # the learning rate comes from the same table, inside optax

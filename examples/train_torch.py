@@ -142,12 +142,11 @@ def main() -> None:
     model = GPT(model_config).to(device)
     optimizer = make_optimizer(model, train)
     train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
-    name = (
-        torch.cuda.get_device_name()
-        if device.type == "cuda"
-        else f"{device.type} ({torch.get_num_threads()} threads)"
-    )
-    log = common.RunLog("torch", name, model_config, train, corpus)
+    if device.type == "cuda":
+        device_name = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    else:
+        device_name = f"{device.type}, {torch.get_num_threads()} threads"
+    log = common.RunLog("torch", f"torch {torch.__version__}", device_name, model_config, train, corpus)
 
     clock, batches = common.StepClock(), common.forever(train_loader)
     for step, lr in enumerate(learning_rates(train)):
