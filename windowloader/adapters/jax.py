@@ -73,6 +73,7 @@ def create_dataset(
         5
     """
     check_dataset_type(dataset_type)
+    _checks.boolean("return_weights", return_weights)  # before the tokenizing, not after
     windows = windows_from_arguments(
         txt=txt, tokenizer=tokenizer, tokens=tokens, max_length=max_length, stride=stride
     )
@@ -298,10 +299,11 @@ def create_dataloader(
     Example:
         >>> from windowloader.adapters.jax import create_dataset, create_dataloader
         >>> dataset = create_dataset(tokens=list(range(1, 15)), max_length=4, stride=2)
-        >>> loader = create_dataloader(dataset, batch_size=jax.device_count(), shuffle=False, seed=0)
+        >>> mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+        >>> loader = create_dataloader(dataset, batch_size=2, shuffle=False, mesh=mesh)
         >>> inputs, targets = next(iter(loader))
-        >>> inputs.shape, inputs.sharding.spec
-        ((1, 4), PartitionSpec('data', None))
+        >>> inputs.tolist(), inputs.sharding.spec
+        ([[1, 2, 3, 4], [3, 4, 5, 6]], P('data', None))
     """
     if not isinstance(dataset, WindowDataset):
         raise TypeError(
