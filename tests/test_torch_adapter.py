@@ -135,6 +135,16 @@ def test_in_memory_tokens_move_to_shared_memory_once_and_travel_as_a_handle(gpt2
     assert [x.tolist() for x in received.__getitems__([0, 7])] == before
 
 
+def test_a_loader_with_workers_moves_in_memory_tokens_before_it_starts():
+    dataset = create_dataset(tokens=TOKENS.copy(), max_length=L, stride=STRIDE)
+    loader = create_dataloader(dataset, batch_size=8, seed=1, num_workers=2)
+    assert dataset._shared_bytes.is_shared()
+    assert loader.cursor.windows is dataset.windows  # nothing keeps the private copy alive
+    assert np.shares_memory(dataset.windows.tokens, dataset._shared_bytes.numpy())
+    expected = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1)
+    assert as_lists(take(loader, len(expected))) == expected
+
+
 # ------------------------------------------------------------------------------- distributed
 
 

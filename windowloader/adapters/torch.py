@@ -97,8 +97,7 @@ class GPTDatasetV1(Dataset):
         # How a DataLoader worker started by spawn/forkserver receives the dataset (fork shares
         # it copy-on-write without pickling). A memmap travels as its path; in-memory tokens move
         # once into shared memory, which torch.multiprocessing's pickler sends as a handle.
-        if self._shared_bytes is None and memmap_source(self.windows.tokens) is None:
-            self._move_tokens_to_shared_memory()
+        self._share_tokens()
         if self._shared_bytes is None:
             return (_dataset_from_windows, (self.windows, self.return_weights))
         windows = self.windows
@@ -106,7 +105,10 @@ class GPTDatasetV1(Dataset):
         args = (self._shared_bytes, dtype, windows.max_length, windows.stride, self.return_weights)
         return (_dataset_from_shared_bytes, args)
 
-    def _move_tokens_to_shared_memory(self) -> None:
+    def _share_tokens(self) -> None:
+        """Moves in-memory tokens into shared memory, once; a memmap is already shareable."""
+        if self._shared_bytes is not None or memmap_source(self.windows.tokens) is not None:
+            return
         tokens = np.ascontiguousarray(self.windows.tokens)
         # As bytes: torch lacks some numpy integer dtypes, and the dtype travels beside them.
         shared_bytes = torch.from_numpy(tokens.view(np.uint8)).share_memory_()
@@ -308,6 +310,8 @@ def create_dataloader(
             f"seed is None with shuffle=True on world_size={world_size} ranks: each rank would draw "
             "its own order; pass the same seed=<int> on every rank"
         )
+    if num_workers:
+        dataset._share_tokens()  # before the cursor takes the windows: the move is then complete
     order = BatchOrder(
         len(dataset), batch_size=batch_size * world_size, shuffle=shuffle, drop_last=drop_last,
         seed=seed, rank=rank, world_size=world_size,
