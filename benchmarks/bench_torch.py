@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import numpy.random  # noqa: F401 - its first import (~20 ms) would land in our first batch
+import numpy.random  # its first import (~20 ms) would otherwise land in our first batch
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -172,7 +172,11 @@ def measure_from_txt(txt, tokenizer, config):
         start = time.perf_counter()
         dataset = create_dataset(txt=txt, tokenizer=tokenizer, max_length=max_length, stride=stride)
         seconds = time.perf_counter() - start
-    return {"ours_txt_build_s": seconds, "ours_txt_peak_anon": memory.peak_anonymous, "ours_txt_tokens": len(dataset.windows.tokens)}
+    return {
+        "ours_txt_build_s": seconds,
+        "ours_txt_peak_anon": memory.peak_anonymous,
+        "ours_txt_tokens": len(dataset.windows.tokens),
+    }
 
 
 def measure_side_by_side(txt, tokenizer, tokens, config, seconds):
@@ -198,16 +202,24 @@ def measure_side_by_side(txt, tokenizer, tokens, config, seconds):
         start = time.perf_counter()
         reference = ReferenceGPTDatasetV1(txt, tokenizer, max_length, stride)
         end = time.perf_counter()
-    out.update(ref_build_s=end - start, ref_windows_s=end - reference.encoded_at, ref_peak_anon=memory.peak_anonymous,
-               ref_held_anon=smaps_rollup()["Anonymous"] - memory.base["Anonymous"])
+    out.update(
+        ref_build_s=end - start,
+        ref_windows_s=end - reference.encoded_at,
+        ref_peak_anon=memory.peak_anonymous,
+        ref_held_anon=smaps_rollup()["Anonymous"] - memory.base["Anonymous"],
+    )
     for workers in (0, 2):
         extra = {"num_workers": workers, "persistent_workers": workers > 0}
-        loaders["ref", workers] = loader = DataLoader(reference, batch_size=batch_size, shuffle=True, drop_last=True, **extra)
+        loaders["ref", workers] = loader = DataLoader(
+            reference, batch_size=batch_size, shuffle=True, drop_last=True, **extra
+        )
         out[f"ref_w{workers}_first_s"], iterators["ref", workers] = first_batch_seconds(loader)
     tokens_per_batch = batch_size * max_length
     for _ in range(ROUNDS):
         for (name, workers), loader in loaders.items():
-            rate, iterators[name, workers] = tokens_per_second(loader, iterators[name, workers], seconds / ROUNDS, tokens_per_batch)
+            rate, iterators[name, workers] = tokens_per_second(
+                loader, iterators[name, workers], seconds / ROUNDS, tokens_per_batch
+            )
             out[f"{name}_w{workers}_tps"] = max(out.get(f"{name}_w{workers}_tps", 0.0), rate)
         rate = memcpy_tokens_per_second(batch_size, max_length, seconds / ROUNDS)
         out["memcpy_tps"] = max(out.get("memcpy_tps", 0.0), rate)
@@ -254,19 +266,26 @@ def mb(n_bytes):
 
 
 def report(config, r):
-    max_length, stride, batch_size = config
     print(f"\n(max_length, stride, batch_size) = {config}")
-    print(f"  build from txt      reference {r['ref_build_s']:7.2f} s  peak anon {mb(r['ref_peak_anon'])} (holds {mb(r['ref_held_anon'])})")
-    print(f"                      ours      {r['ours_txt_build_s']:7.2f} s  peak anon {mb(r['ours_txt_peak_anon'])}"
-          f"   -> peak ratio {r['ours_txt_peak_anon'] / r['ref_peak_anon']:.3f} (goal <= 0.25)")
-    print(f"  build over tokens   reference {r['ref_windows_s']:7.2f} s (its window loop)   "
-          f"ours {r['ours_build_s'] * 1e3:.3f} ms from the cache (goal <= 10 ms), "
-          f"peak anon {mb(r['ours_peak_anon'])}, file-backed {mb(r['ours_peak_file'])}")
+    print(
+        f"  build from txt      reference {r['ref_build_s']:7.2f} s  peak anon {mb(r['ref_peak_anon'])} (holds {mb(r['ref_held_anon'])})"
+    )
+    print(
+        f"                      ours      {r['ours_txt_build_s']:7.2f} s  peak anon {mb(r['ours_txt_peak_anon'])}"
+        f"   -> peak ratio {r['ours_txt_peak_anon'] / r['ref_peak_anon']:.3f} (goal <= 0.25)"
+    )
+    print(
+        f"  build over tokens   reference {r['ref_windows_s']:7.2f} s (its window loop)   "
+        f"ours {r['ours_build_s'] * 1e3:.3f} ms from the cache (goal <= 10 ms), "
+        f"peak anon {mb(r['ours_peak_anon'])}, file-backed {mb(r['ours_peak_file'])}"
+    )
     for w in (0, 2):
         ref, ours = r[f"ref_w{w}_tps"], r[f"ours_w{w}_tps"]
-        print(f"  {w} workers  first batch: reference {r[f'ref_w{w}_first_s'] * 1e3:7.1f} ms, ours {r[f'ours_w{w}_first_s'] * 1e3:7.1f} ms"
-              f"   tokens/s: reference {ref / 1e6:7.2f} M, ours {ours / 1e6:7.2f} M  = {ours / ref:5.1f}x reference, "
-              f"{ours / r['memcpy_tps'] * 100:4.0f}% of memcpy")
+        print(
+            f"  {w} workers  first batch: reference {r[f'ref_w{w}_first_s'] * 1e3:7.1f} ms, ours {r[f'ours_w{w}_first_s'] * 1e3:7.1f} ms"
+            f"   tokens/s: reference {ref / 1e6:7.2f} M, ours {ours / 1e6:7.2f} M  = {ours / ref:5.1f}x reference, "
+            f"{ours / r['memcpy_tps'] * 100:4.0f}% of memcpy"
+        )
     print(f"  memcpy bound {r['memcpy_tps'] / 1e6:.1f} M tokens/s")
     for name in ("ref", "ours"):
         sizes = ", ".join(f"{mb(a)} anon + {mb(f)} file" for a, f in r[f"{name}_worker_private"])
@@ -276,7 +295,9 @@ def report(config, r):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=10_000_000, help="corpus size in tokens (whole files)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="throughput time per loader and worker count")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="throughput time per loader and worker count"
+    )
     parser.add_argument("--cache-dir", default=None, help="the token cache (default: windowloader's)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the reference's collate and ours both single-threaded, as in workers
@@ -284,10 +305,14 @@ def main():
     start = time.perf_counter()
     corpus, tokens, txt = stdlib_corpus(args.tokens, args.cache_dir)
     opened = time.perf_counter() - start
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Linux {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
-    print(f"corpus: {corpus.n_documents} stdlib files, {len(corpus):,} gpt2 tokens in the cache "
-          f"({'opened' if corpus.cached else 'built'} in {opened:.1f} s); using {len(tokens):,} tokens, {len(txt) / 1e6:.1f} M chars of text")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Linux {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}"
+    )
+    print(
+        f"corpus: {corpus.n_documents} stdlib files, {len(corpus):,} gpt2 tokens in the cache "
+        f"({'opened' if corpus.cached else 'built'} in {opened:.1f} s); using {len(tokens):,} tokens, {len(txt) / 1e6:.1f} M chars of text"
+    )
     whole = in_fork(measure_whole_cache_build, corpus.tokens)
     print(f"building a dataset over all {len(corpus):,} cached tokens: {whole * 1e3:.3f} ms")
     for config in CONFIGS:

@@ -17,22 +17,35 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from reference import reference_windows
+
 from windowloader.adapters.torch import create_dataloader, create_dataset
 
 TOKENS = np.random.default_rng(7).integers(0, 50_000, 600).astype(np.uint16)
 L, STRIDE = 8, 3  # 198 windows of TOKENS
 
 
-def expected_batches(tokens, max_length, stride, batch_size, *, seed, epochs, world_size=1, rank=0,
-                     shuffle=True, drop_last=True):
+def expected_batches(
+    tokens,
+    max_length,
+    stride,
+    batch_size,
+    *,
+    seed,
+    epochs,
+    world_size=1,
+    rank=0,
+    shuffle=True,
+    drop_last=True,
+):
     """Rank `rank`'s batches over `epochs` epochs: [(inputs, targets), ...] as lists of ints."""
     windows = reference_windows(tokens, max_length, stride)
     global_size = batch_size * world_size
     batches = []
     for epoch in range(epochs):
-        order = np.random.default_rng((seed, epoch)).permutation(len(windows)) if shuffle else range(len(windows))
+        order = (
+            np.random.default_rng((seed, epoch)).permutation(len(windows)) if shuffle else range(len(windows))
+        )
         order = [int(i) for i in order]
         for start in range(0, len(order), global_size):
             rows = order[start : start + global_size]
@@ -162,11 +175,18 @@ def test_ranks_concatenated_are_the_single_process_batches(world_size, drop_last
         assert len(loader) == len(single) // 2  # every rank, the same number of batches per epoch
         batches = as_lists(take(loader, len(single)))
         assert batches == expected_batches(
-            TOKENS, L, STRIDE, per_rank, seed=4, epochs=2, world_size=world_size, rank=rank,
+            TOKENS,
+            L,
+            STRIDE,
+            per_rank,
+            seed=4,
+            epochs=2,
+            world_size=world_size,
+            rank=rank,
             drop_last=drop_last,
         )
         ranks.append(batches)
-    joined = [tuple(sum((r[k][i] for r in ranks), []) for i in (0, 1)) for k in range(len(single))]
+    joined = [tuple([row for r in ranks for row in r[k][i]] for i in (0, 1)) for k in range(len(single))]
     assert joined == single
 
 
@@ -210,8 +230,10 @@ def test_resume_anywhere_continues_the_same_global_sequence(consumed, before, af
     """Killed after `consumed` batches (any epoch, any step) on one world size, resumed on another."""
     dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
     world, per_rank = before
-    old = [create_dataloader(dataset, batch_size=per_rank, seed=5, drop_last=drop_last, rank=r, world_size=world)
-           for r in range(world)]
+    old = [
+        create_dataloader(dataset, batch_size=per_rank, seed=5, drop_last=drop_last, rank=r, world_size=world)
+        for r in range(world)
+    ]
     for loader in old:
         take(loader, consumed)
     states = [roundtrip(loader.state_dict()) for loader in old]
@@ -224,7 +246,7 @@ def test_resume_anywhere_continues_the_same_global_sequence(consumed, before, af
         )
         loader.load_state_dict(states[0])
         resumed.append(as_lists(take(loader, 3)))
-    joined = [tuple(sum((r[k][i] for r in resumed), []) for i in (0, 1)) for k in range(3)]
+    joined = [tuple([row for r in resumed for row in r[k][i]] for i in (0, 1)) for k in range(3)]
     single = expected_batches(TOKENS, L, STRIDE, 8, seed=5, epochs=3, drop_last=drop_last)
     assert joined == single[consumed : consumed + 3]
 
@@ -251,13 +273,17 @@ def test_resume_computes_the_batch_directly_without_replay(monkeypatch):
     fresh.load_state_dict(state)
     gathered = []
     real = dataset.windows.gather_rows
-    monkeypatch.setattr(dataset.windows, "gather_rows", lambda idx, *a: gathered.append(len(idx)) or real(idx, *a))
+    monkeypatch.setattr(
+        dataset.windows, "gather_rows", lambda idx, *a: gathered.append(len(idx)) or real(idx, *a)
+    )
     assert as_lists(take(fresh, 1)) == expected_batches(TOKENS, L, STRIDE, 8, seed=6, epochs=2)[40:41]
     assert gathered == [8]  # one gather: the next batch, nothing before it
 
 
 def test_the_state_is_small_plain_and_torch_saves(tmp_path):
-    loader = create_dataloader(create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE), batch_size=8, seed=3)
+    loader = create_dataloader(
+        create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE), batch_size=8, seed=3
+    )
     take(loader, 30)
     state = loader.state_dict()
     assert {"epoch", "step", "seed", "global_batch_size", "corpus", "max_length", "stride"} <= set(state)
@@ -279,16 +305,29 @@ def test_the_state_is_small_plain_and_torch_saves(tmp_path):
     ],
 )
 def test_a_state_from_another_corpus_or_configuration_is_refused_by_name(change, field):
-    config = {"tokens": TOKENS, "max_length": L, "stride": STRIDE, "batch_size": 8, "shuffle": True, "drop_last": True}
+    config = {
+        "tokens": TOKENS,
+        "max_length": L,
+        "stride": STRIDE,
+        "batch_size": 8,
+        "shuffle": True,
+        "drop_last": True,
+    }
     state = _loader(config).state_dict()
     with pytest.raises(ValueError, match=f"saved with {field}="):
         _loader({**config, **change}).load_state_dict(state)
 
 
 def _loader(config):
-    dataset = create_dataset(tokens=config["tokens"], max_length=config["max_length"], stride=config["stride"])
+    dataset = create_dataset(
+        tokens=config["tokens"], max_length=config["max_length"], stride=config["stride"]
+    )
     return create_dataloader(
-        dataset, batch_size=config["batch_size"], shuffle=config["shuffle"], drop_last=config["drop_last"], seed=0
+        dataset,
+        batch_size=config["batch_size"],
+        shuffle=config["shuffle"],
+        drop_last=config["drop_last"],
+        seed=0,
     )
 
 
@@ -325,7 +364,9 @@ def _start_of(tokens, row_inputs, row_targets, stride):
 
 
 def test_weights_are_off_unless_asked():
-    batch = next(iter(create_dataloader(create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE), batch_size=2)))
+    batch = next(
+        iter(create_dataloader(create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE), batch_size=2))
+    )
     assert len(batch) == 2
 
 
@@ -346,7 +387,11 @@ def test_batch_windows_trace_a_batch_to_its_text_without_moving_the_loader():
 def test_a_custom_collate_fn_gets_the_batch_tensors_with_or_without_workers(num_workers):
     dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
     loader = create_dataloader(
-        dataset, batch_size=8, seed=1, num_workers=num_workers, collate_fn=lambda batch: [t.sum() for t in batch]
+        dataset,
+        batch_size=8,
+        seed=1,
+        num_workers=num_workers,
+        collate_fn=lambda batch: [t.sum() for t in batch],
     )
     expected = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1)
     sums = [[int(s) for s in batch] for batch in loader]
@@ -361,7 +406,9 @@ def test_the_pin_memory_thread_makes_pinned_tensors_of_a_worker_message(monkeypa
     import windowloader.adapters.torch as adapter
 
     pinned = []
-    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.clone()) or pinned[-1])
+    monkeypatch.setattr(
+        torch.Tensor, "pin_memory", lambda self, *a: pinned.append(self.clone()) or pinned[-1]
+    )
     dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE, return_weights=True)
     loader = create_dataloader(dataset, batch_size=8, seed=1, num_workers=2)
     group = next(iter(loader.batch_sampler))

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from test_torch_adapter import expected_batches
+
 from windowloader.adapters.torch import create_dataloader, create_dataset
 
 TOKENS = np.random.default_rng(11).integers(0, 50_000, 500).astype(np.uint16)
@@ -53,7 +53,9 @@ def test_two_gloo_ranks_split_each_global_batch_and_resume_on_one(tmp_path):
     joined = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(ranks[0]["batches"], ranks[1]["batches"])]
     assert joined == [(list(x), list(y)) for x, y in single]  # world-size invariant
     for k in range(len(single)):  # disjoint: no window on both ranks in one global batch
-        assert not {tuple(row) for row in ranks[0]["batches"][k][0]} & {tuple(row) for row in ranks[1]["batches"][k][0]}
+        assert not {tuple(row) for row in ranks[0]["batches"][k][0]} & {
+            tuple(row) for row in ranks[1]["batches"][k][0]
+        }
     epoch = {tuple(row) for batch in joined[:20] for row in batch[0]}
     assert len(epoch) == 120  # complete: every window the epoch's 20 full batches hold, once
     assert ranks[0]["state"] == ranks[1]["state"]

@@ -18,7 +18,9 @@ try:
     import torch
     from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 except ImportError as error:  # pragma: no cover - exercised only without torch
-    raise ImportError("windowloader.adapters.torch needs PyTorch: pip install 'windowloader[torch]'") from error
+    raise ImportError(
+        "windowloader.adapters.torch needs PyTorch: pip install 'windowloader[torch]'"
+    ) from error
 
 import numpy as np
 
@@ -50,12 +52,16 @@ class GPTDatasetV1(Dataset):
         return_weights: add a third tensor, the predict-once weights (`TokenWindows.weights`).
     """
 
-    def __init__(self, txt: str, tokenizer, max_length: int, stride: int, return_weights: bool = False) -> None:
+    def __init__(
+        self, txt: str, tokenizer, max_length: int, stride: int, return_weights: bool = False
+    ) -> None:
         windows = windows_from_text(txt, tokenizer, max_length=max_length, stride=stride)
         self._set(windows, return_weights)
 
     @classmethod
-    def from_tokens(cls, tokens, *, max_length: int, stride: int, return_weights: bool = False) -> GPTDatasetV1:
+    def from_tokens(
+        cls, tokens, *, max_length: int, stride: int, return_weights: bool = False
+    ) -> GPTDatasetV1:
         """A dataset over token ids already made: an array, a list or an `np.memmap` (not copied)."""
         windows = TokenWindows(tokens, max_length=max_length, stride=stride)
         return cls.from_windows(windows, return_weights=return_weights)
@@ -158,7 +164,9 @@ def _dataset_from_shared_bytes(
     shared_bytes: torch.Tensor, dtype: str, max_length: int, stride: int, return_weights: bool
 ) -> GPTDatasetV1:
     tokens = shared_bytes.numpy().view(dtype)
-    dataset = GPTDatasetV1.from_tokens(tokens, max_length=max_length, stride=stride, return_weights=return_weights)
+    dataset = GPTDatasetV1.from_tokens(
+        tokens, max_length=max_length, stride=stride, return_weights=return_weights
+    )
     dataset._shared_bytes = shared_bytes
     return dataset
 
@@ -313,8 +321,13 @@ def create_dataloader(
     if num_workers:
         dataset._share_tokens()  # before the cursor takes the windows: the move is then complete
     order = BatchOrder(
-        len(dataset), batch_size=batch_size * world_size, shuffle=shuffle, drop_last=drop_last,
-        seed=seed, rank=rank, world_size=world_size,
+        len(dataset),
+        batch_size=batch_size * world_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
     )
     return WindowDataLoader(
         dataset, Cursor(dataset.windows, order), num_workers=num_workers, **dataloader_kwargs
