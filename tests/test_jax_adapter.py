@@ -7,9 +7,11 @@ Generator seeded (seed, epoch)), never from the library's own code.
 
 import os
 
-# Before jax makes its CPU backend (it does so lazily, at the first device query).
+# Before jax makes its CPU backend (it does so lazily, at the first device query). These tests
+# are about sharding over 4 devices, so they pin JAX to 4 CPU devices even where a GPU is present.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import gc  # noqa: E402
 import json  # noqa: E402
