@@ -53,19 +53,30 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--input", help="a UTF-8 text file (default: CPython's language reference topics)")
     parser.add_argument("--tokenizer", help="tiktoken name, .tiktoken file or 'bytes' (default gpt2)")
     parser.add_argument("--prompt", default="The with statement", help="text the trained model continues")
-    parser.add_argument("--new-tokens", type=int, default=30, help="tokens generated after training")
     parser.add_argument(
-        "--top-k", type=int, default=5, help="sample among the k likeliest tokens; 0 is greedy"
+        "--new-tokens", type=_non_negative_int, default=30, help="tokens generated after training"
+    )
+    parser.add_argument(
+        "--top-k", type=_non_negative_int, default=5, help="sample among the k likeliest tokens; 0 is greedy"
     )
     parser.add_argument("--out", default="out", help="folder for the run log <framework>.json (default out)")
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def configs(args: argparse.Namespace, corpus: Corpus) -> tuple[GPTConfig, TrainConfig]:

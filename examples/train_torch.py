@@ -143,7 +143,7 @@ def main() -> None:
     optimizer = make_optimizer(model, train)
     train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
     if device.type == "cuda":
-        device_name = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+        device_name = torch.cuda.get_device_name()
     else:
         device_name = f"{device.type}, {torch.get_num_threads()} threads"
     log = common.RunLog("torch", f"torch {torch.__version__}", device_name, model_config, train, corpus)
