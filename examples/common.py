@@ -168,7 +168,12 @@ def load_corpus(args: argparse.Namespace) -> Corpus:
     vocab, compact = np.unique(encode_to_array(tokenizer, text), return_inverse=True)
     compact = compact.astype(np.uint16 if len(vocab) <= 1 << 16 else np.uint32)
     cut = int(len(compact) * (1 - args.val_fraction))
-    return Corpus(tokenizer, vocab, compact[:cut], compact[cut:], source)
+    corpus = Corpus(tokenizer, vocab, compact[:cut], compact[cut:], source)
+    try:
+        corpus.encode(args.prompt)  # a --prompt the model cannot read fails now, not after training
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    return corpus
 
 
 def _read(path: str | None) -> tuple[str, str]:
