@@ -50,7 +50,9 @@ def test_first_call_builds_the_second_opens_the_memmap(corpus_file, cache_dir, g
     assert opened.path == built.path and built.path.parent == cache_dir
     assert isinstance(opened.tokens, np.memmap) and opened.tokens.dtype == np.uint16
     assert opened.tokens.tolist() == gpt2.encode_ordinary(TEXT)
-    assert files(cache_dir) == [built.path.name, built.path.with_suffix(".json").name]
+    assert files(cache_dir) == sorted(
+        built.path.with_suffix(suffix).name for suffix in (".bin", ".idx", ".json")
+    )
 
 
 def test_windows_are_a_view_of_the_memmap(corpus_file, cache_dir):
@@ -68,7 +70,9 @@ def test_the_sidecar_describes_the_bin(corpus_file, cache_dir, gpt2):
     assert meta["format"] == cache_module.FORMAT_VERSION
     assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"]) == ("gpt2", 50257, "uint16")
     assert meta["tokens"] == expected_tokens == result.path.stat().st_size // 2
-    assert meta["doc_offsets"] == [0, len(gpt2.encode_ordinary(TEXT)) + 1]
+    assert (meta["documents"], meta["doc_offsets"]) == (2, result.path.with_suffix(".idx").name)
+    assert result.doc_offsets.tolist() == [0, len(gpt2.encode_ordinary(TEXT)) + 1]
+    assert result.path.with_suffix(".idx").read_bytes() == np.array(result.doc_offsets, np.int64).tobytes()
     assert meta["sources"][0] == {
         "path": str(corpus_file.resolve()),
         "size": stat.st_size,
@@ -127,11 +131,9 @@ def test_same_name_different_vocabulary_is_a_different_key(tmp_path, corpus_file
 
 
 def test_a_truncated_bin_is_rebuilt_with_a_warning(corpus_file, cache_dir, gpt2):
-    built = wl.tokenize_corpus(corpus_file, gpt2, cache_dir=cache_dir)
-    size = built.path.stat().st_size
-    del built
-    with open(Path(cache_dir) / files(cache_dir)[0], "r+b") as file:
-        file.truncate(size - 2)
+    path = wl.tokenize_corpus(corpus_file, gpt2, cache_dir=cache_dir).path
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size - 2)
     with pytest.warns(UserWarning, match="truncated or corrupt.*rebuilding"):
         rebuilt = wl.tokenize_corpus(corpus_file, gpt2, cache_dir=cache_dir)
     assert not rebuilt.cached
@@ -211,7 +213,9 @@ def test_two_concurrent_prepares_both_succeed_with_one_valid_file(tmp_path, cach
     printed = {stdout.strip() for stdout, _ in outputs}
     assert len(printed) == 1
     bin_path = Path(printed.pop())
-    assert files(cache_dir) == [bin_path.name, bin_path.with_suffix(".json").name]
+    assert files(cache_dir) == sorted(
+        bin_path.with_suffix(suffix).name for suffix in (".bin", ".idx", ".json")
+    )
     opened = wl.tokenize_corpus(path, "bytes", cache_dir=cache_dir)
     assert opened.cached and np.array_equal(opened.tokens, np.frombuffer(path.read_bytes(), np.uint8))
 
@@ -262,7 +266,7 @@ def test_open_reads_a_prepared_cache_without_the_sources(corpus_file, cache_dir)
     assert opened.doc_offsets.tolist() == [0]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "no-sidecar", "bad-sidecar"])
+@pytest.mark.parametrize("damage", ["truncate", "no-sidecar", "bad-sidecar", "no-index", "short-index"])
 def test_open_refuses_a_damaged_cache(corpus_file, cache_dir, damage):
     path = wl.tokenize_corpus(corpus_file, "bytes", cache_dir=cache_dir).path
     if damage == "truncate":
@@ -270,6 +274,10 @@ def test_open_refuses_a_damaged_cache(corpus_file, cache_dir, damage):
             file.truncate(10)
     elif damage == "no-sidecar":
         path.with_suffix(".json").unlink()
+    elif damage == "no-index":
+        path.with_suffix(".idx").unlink()
+    elif damage == "short-index":
+        path.with_suffix(".idx").write_bytes(b"")
     else:
         path.with_suffix(".json").write_text("{not json")
     with pytest.raises(ValueError, match="run windowloader prepare again"):

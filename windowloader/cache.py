@@ -1,10 +1,11 @@
-"""The token cache: `tokenize_corpus` tokenizes once into `<key>.bin` + `<key>.json` and reopens
-the result as an `np.memmap` in milliseconds ever after.
+"""The token cache: `tokenize_corpus` tokenizes once into `<key>.bin` + `<key>.idx` + `<key>.json`
+and reopens the result as an `np.memmap` in milliseconds ever after.
 
 `<key>.bin` holds raw token ids (uint16 when the vocabulary fits in 16 bits, else uint32, native
-byte order); `<key>.json` is written last and says what the `.bin` holds. Both are written to a
-temporary name, fsync'd and renamed, so a run killed halfway leaves nothing a later run trusts;
-a `.bin` that does not match its sidecar is rebuilt with a warning. Concurrent preparers of the
+byte order); `<key>.idx` each document's first offset (int64); `<key>.json` is written last and
+says what the other two hold. All are written to a temporary name, fsync'd and renamed, so a run
+killed halfway leaves nothing a later run trusts; a `.bin` that does not match its sidecar is
+rebuilt with a warning. Concurrent preparers of the
 same key take turns on a lock file, so the second finds the first's cache instead of redoing it.
 """
 
@@ -28,7 +29,7 @@ from windowloader import _checks, corpus, encode
 from windowloader.tokenizer import ENDOFTEXT, encode as encode_special, load_tokenizer
 from windowloader.windows import TokenWindows
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Encoded into the key, so that two tokenizers with one name but different vocabularies differ.
 _PROBE = "The quick brown fox, 1234 ünïcödé\n\tdef f(x):  return x  # 漢字 <|endoftext|>"
 # Sampled like TokenWindows.fingerprint: a whole-file hash would cost seconds on a GB cache.
@@ -42,7 +43,8 @@ class TokenizedCorpus:
 
     Attributes:
         tokens: the token ids, a read-only `np.memmap` of uint16 or uint32.
-        doc_offsets: int64 offset in `tokens` of each document's first token.
+        doc_offsets: offset in `tokens` of each document's first token, a read-only int64
+            `np.memmap` of `<key>.idx`.
         path: the cache's `.bin` file (its sidecar is `path.with_suffix(".json")`).
         meta: the sidecar: format, tokenizer, vocab_size, dtype, tokens, sources, ...
         cached: True when an existing cache was opened, False when it was just built.
@@ -273,6 +275,12 @@ def _problem(bin_path: Path, meta: dict) -> str | None:
         return f"{size} bytes where its sidecar says {expected} (truncated or corrupt)"
     if _checksum(bin_path, size) != meta["checksum"]:
         return "corrupt (its sampled checksum does not match its sidecar)"
+    try:
+        index_size = bin_path.with_name(meta["doc_offsets"]).stat().st_size
+    except OSError:
+        return f"missing its document index {meta['doc_offsets']}"
+    if index_size != meta["documents"] * 8:
+        return f"beside a document index of {index_size} bytes where its sidecar says {meta['documents'] * 8}"
     return None
 
 
@@ -287,7 +295,9 @@ def _checksum(bin_path: Path, size: int) -> str:
 
 def _memmap(bin_path: Path, meta: dict, *, cached: bool) -> TokenizedCorpus:
     tokens = np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["tokens"],))
-    offsets = np.asarray(meta["doc_offsets"], dtype=np.int64)
+    offsets = np.memmap(
+        bin_path.with_name(meta["doc_offsets"]), dtype=np.int64, mode="r", shape=(meta["documents"],)
+    )
     return TokenizedCorpus(tokens=tokens, doc_offsets=offsets, path=bin_path, meta=meta, cached=cached)
 
 
@@ -307,14 +317,29 @@ def _build(
         )
     separator_ids = separator_ids.astype(dtype)
     stats = corpus.ReadStats()
-    temporary = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    index_path = bin_path.with_suffix(".idx")
+    tokens_temporary, index_temporary = _temporary(bin_path), _temporary(index_path)
     try:
-        with open(temporary, "wb") as file, _progress_bar(total_bytes, progress) as bar:
-            offsets, count = _write_tokens(
-                file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar
+        with (
+            open(tokens_temporary, "wb") as tokens_file,
+            open(index_temporary, "wb") as index_file,
+            _progress_bar(total_bytes, progress) as bar,
+        ):
+            documents, count = _write_tokens(
+                tokens_file,
+                index_file,
+                tokenizer,
+                sources,
+                settings,
+                stats,
+                separator_ids,
+                dtype,
+                workers,
+                bar,
             )
-            file.flush()
-            os.fsync(file.fileno())
+            for file in (tokens_file, index_file):
+                file.flush()
+                os.fsync(file.fileno())
         if count == 0:
             raise ValueError("the corpus is empty: its documents hold no text")
         meta = {
@@ -322,38 +347,44 @@ def _build(
             **settings,
             "dtype": dtype.name,
             "tokens": count,
-            "documents": len(offsets),
-            "doc_offsets": offsets,
+            "documents": documents,
+            "doc_offsets": index_path.name,
             "bytes": stats.bytes_read,
             "replaced_chars": stats.replaced_chars,
             "sources": [s.fingerprint() for s in sources],
-            "checksum": _checksum(temporary, count * dtype.itemsize),
+            "checksum": _checksum(tokens_temporary, count * dtype.itemsize),
         }
-        os.replace(temporary, bin_path)
+        os.replace(tokens_temporary, bin_path)
+        os.replace(index_temporary, index_path)
         _write_atomically(bin_path.with_suffix(".json"), json.dumps(meta))
     finally:
-        temporary.unlink(missing_ok=True)
+        tokens_temporary.unlink(missing_ok=True)
+        index_temporary.unlink(missing_ok=True)
     return meta
 
 
 def _write_tokens(
-    file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar
-) -> tuple[list[int], int]:
-    """Streams each unit's ids to `file` in one write; returns the documents' offsets and the token count."""
-    offsets: list[int] = []
-    count = 0
+    tokens_file, index_file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar
+) -> tuple[int, int]:
+    """Streams each unit's ids and document offsets to the two files; returns both counts.
+
+    Offsets go to disk with their unit, so that a corpus of millions of documents keeps none of
+    them in memory.
+    """
+    documents = count = 0
     limit = np.iinfo(dtype).max
     pieces = corpus.pieces(
         sources, separator=settings["separator"], text_field=settings["text_field"], stats=stats
     )
     for arrays, starts in encode.encode_pieces(tokenizer, pieces, workers=workers):
-        parts = []
+        parts, offsets = [], []
         for ids, starts_document in zip(arrays, starts, strict=True):
             if starts_document:
-                if offsets:
+                if documents:
                     parts.append(separator_ids)
                     count += len(separator_ids)
                 offsets.append(count)
+                documents += 1
             if len(ids) and ids.max() > limit:
                 raise ValueError(
                     f"token id {int(ids.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong"
@@ -361,14 +392,20 @@ def _write_tokens(
             # Cast before joining: a unit's tokens are held once, at 2 or 4 bytes each.
             parts.append(ids.astype(dtype, copy=False))
             count += len(ids)
-        np.concatenate(parts).tofile(file)
+        np.concatenate(parts).tofile(tokens_file)
+        np.asarray(offsets, dtype=np.int64).tofile(index_file)
         bar.update(stats.bytes_read - bar.n)
         bar.set_postfix_str(f"{count:,} tokens", refresh=False)
-    return offsets, count
+    return documents, count
+
+
+def _temporary(path: Path) -> Path:
+    """A name beside `path` that no other process uses and no reader trusts."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary = _temporary(path)
     try:
         with open(temporary, "w") as file:
             file.write(text)
