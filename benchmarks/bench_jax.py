@@ -51,8 +51,16 @@ def main() -> None:
         return worker(args)
     results = {}
     for devices in (1, 4):
-        command = [sys.executable, __file__, "--devices", str(devices), "--tokens", str(args.tokens),
-                   "--seconds", str(args.seconds)] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+        command = [
+            sys.executable,
+            __file__,
+            "--devices",
+            str(devices),
+            "--tokens",
+            str(args.tokens),
+            "--seconds",
+            str(args.seconds),
+        ] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
         done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
         results[devices] = json.loads(done.stdout.splitlines()[-1])
@@ -68,8 +76,13 @@ def worker(args) -> None:
 
     corpus, tokens, _ = stdlib_corpus(args.tokens, args.cache_dir)
     devices = jax.devices()[: args.devices]
-    out = {"machine": machine(jax, np), "devices": [str(d) for d in devices], "tokens": len(tokens),
-           "files": corpus.n_documents, "configs": {}}
+    out = {
+        "machine": machine(jax, np),
+        "devices": [str(d) for d in devices],
+        "tokens": len(tokens),
+        "files": corpus.n_documents,
+        "configs": {},
+    }
     for config in CONFIGS:
         loaders = loaders_for(np.asarray(tokens), config, devices, with_grain=args.devices == 1)
         best = {name: 0.0 for name in loaders}
@@ -81,8 +94,10 @@ def worker(args) -> None:
 
 
 def machine(jax, np) -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}), numpy {np.__version__}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, jax {jax.__version__} ({jax.default_backend()}), numpy {np.__version__}"
+    )
 
 
 def loaders_for(tokens, config, devices, *, with_grain: bool) -> dict:
@@ -113,7 +128,11 @@ def loaders_for(tokens, config, devices, *, with_grain: bool) -> dict:
         while True:  # each iteration of the loader is the rest of one epoch
             yield from loader
 
-    loaders = {"ours": lambda: epochs(ours), "ours prefetch=0": lambda: epochs(synchronous), "baseline": baseline}
+    loaders = {
+        "ours": lambda: epochs(ours),
+        "ours prefetch=0": lambda: epochs(synchronous),
+        "baseline": baseline,
+    }
     if with_grain:
         for threads in (None, *GRAIN_THREADS):
             name = "grain default" if threads is None else f"grain num_threads={threads}"
@@ -172,8 +191,10 @@ def tokens_per_second(make, config, seconds: float) -> float:
 def report(results: dict) -> None:
     one, four = results[1], results[4]
     print(f"machine: {one['machine']}")
-    print(f"corpus: {one['tokens']:,} gpt2 tokens of CPython stdlib .py files ({one['files']} files in the cache); "
-          f"devices: 1 = {one['devices']}, 4 = {four['devices']}")
+    print(
+        f"corpus: {one['tokens']:,} gpt2 tokens of CPython stdlib .py files ({one['files']} files in the cache); "
+        f"devices: 1 = {one['devices']}, 4 = {four['devices']}"
+    )
     print("input tokens/s (M), best of rounds; ratios from the same process")
     for config in CONFIGS:
         key = str(config)
@@ -182,13 +203,19 @@ def report(results: dict) -> None:
         best_name = max(grains, key=grains.get)  # the default included
         print(f"\n(max_length, stride, batch_size) = {config}")
         for label, r in (("1 device ", r1), ("4 devices", r4)):
-            print(f"  {label}: ours {r['ours'] / 1e6:8.1f}  (prefetch=0 {r['ours prefetch=0'] / 1e6:8.1f})  "
-                  f"baseline {r['baseline'] / 1e6:8.1f}  -> {r['ours'] / r['baseline']:.2f}x baseline "
-                  f"(prefetch=0: {r['ours prefetch=0'] / r['baseline']:.2f}x; goal >= 0.8)")
-        print(f"  Grain    : default {r1['grain default'] / 1e6:6.2f}  best {grains[best_name] / 1e6:6.2f} ({best_name}); num_threads "
-              + ", ".join(f"{k.split('=')[1]}: {v / 1e6:.2f}" for k, v in grains.items() if "=" in k))
-        print(f"  ours (1 device) = {r1['ours'] / r1['grain default']:.1f}x Grain default (goal >= 10), "
-              f"{r1['ours'] / grains[best_name]:.1f}x Grain best (goal >= 2)")
+            print(
+                f"  {label}: ours {r['ours'] / 1e6:8.1f}  (prefetch=0 {r['ours prefetch=0'] / 1e6:8.1f})  "
+                f"baseline {r['baseline'] / 1e6:8.1f}  -> {r['ours'] / r['baseline']:.2f}x baseline "
+                f"(prefetch=0: {r['ours prefetch=0'] / r['baseline']:.2f}x; goal >= 0.8)"
+            )
+        print(
+            f"  Grain    : default {r1['grain default'] / 1e6:6.2f}  best {grains[best_name] / 1e6:6.2f} ({best_name}); num_threads "
+            + ", ".join(f"{k.split('=')[1]}: {v / 1e6:.2f}" for k, v in grains.items() if "=" in k)
+        )
+        print(
+            f"  ours (1 device) = {r1['ours'] / r1['grain default']:.1f}x Grain default (goal >= 10), "
+            f"{r1['ours'] / grains[best_name]:.1f}x Grain best (goal >= 2)"
+        )
 
 
 if __name__ == "__main__":

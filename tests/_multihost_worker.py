@@ -13,13 +13,13 @@ if __name__ == "__main__":  # not when the test imports the constants below
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     os.environ["JAX_PLATFORMS"] = "cpu"
 
-import json  # noqa: E402
+import json
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import Mesh  # noqa: E402
+import jax
+import numpy as np
+from jax.sharding import Mesh
 
-from windowloader.adapters.jax import create_dataloader, create_dataset  # noqa: E402
+from windowloader.adapters.jax import create_dataloader, create_dataset
 
 # Shared with the test: the corpus and the configurations each process runs.
 TOKENS = (np.arange(300) * 7919 % 50257).astype(np.uint16)
@@ -54,14 +54,21 @@ def shards(array) -> list:
 
 def main() -> None:
     port, process_id, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
-                               initialization_timeout=60)
+    jax.distributed.initialize(
+        f"127.0.0.1:{port}", num_processes=2, process_id=process_id, initialization_timeout=60
+    )
     try:
         dataset = create_dataset(tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE, return_weights=True)
         report = {"process": jax.process_index(), "devices": jax.device_count(), "runs": {}}
         for name, (layout, shuffle, drop_last, seed) in CONFIGS.items():
-            loader = create_dataloader(dataset, batch_size=BATCH_SIZE, shuffle=shuffle,
-                                       drop_last=drop_last, seed=seed, mesh=mesh_of(layout))
+            loader = create_dataloader(
+                dataset,
+                batch_size=BATCH_SIZE,
+                shuffle=shuffle,
+                drop_last=drop_last,
+                seed=seed,
+                mesh=mesh_of(layout),
+            )
             batches = [[shards(array) for array in batch] for batch in loader]
             report["runs"][name] = {"seed": loader.state_dict()["seed"], "batches": batches}
         with open(out + ".tmp", "w") as file:

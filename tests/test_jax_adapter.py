@@ -10,26 +10,28 @@ import os
 # Before jax makes its CPU backend (it does so lazily, at the first device query). These tests
 # are about sharding over 4 devices, so they pin JAX to 4 CPU devices even where a GPU is present.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import gc  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
+import gc
+import json
+import subprocess
+import sys
+import threading
+import time
+import traceback
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from jax.sharding import Mesh, PartitionSpec  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec
+from reference import reference_batches, reference_windows
 
-from reference import reference_batches, reference_windows  # noqa: E402
-from windowloader.adapters import torch as wl_torch  # noqa: E402
-from windowloader.adapters.jax import create_dataloader, create_dataset  # noqa: E402
+from windowloader.adapters import torch as wl_torch
+from windowloader.adapters.jax import create_dataloader, create_dataset
 
 MAX_LENGTH, STRIDE = 8, 5
 # 203 ids up to 50256 (gpt2's largest), so int16 cannot hold them: 39 windows.
@@ -108,7 +110,9 @@ def test_a_2d_mesh_splits_over_data_and_replicates_over_model():
 
 
 def test_a_tuple_data_axis_splits_over_both_axes():
-    loader = create_dataloader(dataset(), batch_size=4, shuffle=False, mesh=mesh_2d(), data_axis=("data", "model"))
+    loader = create_dataloader(
+        dataset(), batch_size=4, shuffle=False, mesh=mesh_2d(), data_axis=("data", "model")
+    )
     inputs, _ = next(iter(loader))
     assert inputs.sharding.spec == PartitionSpec(("data", "model"), None)
     assert sorted(range(4)[s.index[0]].start for s in inputs.addressable_shards) == [0, 1, 2, 3]
@@ -141,8 +145,9 @@ def test_batches_feed_a_jitted_flax_step(mesh):
         optimizer.update(model, grads)
         return loss
 
-    loader = create_dataloader(dataset(return_weights=True), batch_size=8, drop_last=False, seed=1,
-                               mesh=mesh_2d() if mesh else None)
+    loader = create_dataloader(
+        dataset(return_weights=True), batch_size=8, drop_last=False, seed=1, mesh=mesh_2d() if mesh else None
+    )
     losses = [float(step(model, optimizer, *batch)) for batch in loader]
     assert len(losses) == 5 and all(np.isfinite(losses))
 
@@ -304,14 +309,18 @@ print("served", loader.state_dict()["step"])
 
 def test_interpreter_exit_with_a_prefetching_loop_open_does_not_hang():
     script = _EXIT_SCRIPT.format(tests=os.path.dirname(__file__))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "served 1"
 
 
 @pytest.mark.parametrize("weights", [False, True], ids=["no-weights", "weights"])
 def test_drop_last_false_pads_the_last_batch_and_masks_the_padding(weights):
-    loader = create_dataloader(dataset(return_weights=weights), batch_size=8, shuffle=True, drop_last=False, seed=4)
+    loader = create_dataloader(
+        dataset(return_weights=weights), batch_size=8, shuffle=True, drop_last=False, seed=4
+    )
     windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
     batches = list(loader)
     want = expected_rows(4, 0, True, 8, drop_last=False)
@@ -325,7 +334,10 @@ def test_drop_last_false_pads_the_last_batch_and_masks_the_padding(weights):
         assert np.asarray(batch[0]).tolist() == [windows[i][0] for i in rows] + [[0] * MAX_LENGTH] * pad
         assert np.asarray(batch[1]).tolist() == [windows[i][1] for i in rows] + [[0] * MAX_LENGTH] * pad
         if weights:
-            assert np.asarray(batch[2]).tolist() == [reference_weights(i) for i in rows] + [[0.0] * MAX_LENGTH] * pad
+            assert (
+                np.asarray(batch[2]).tolist()
+                == [reference_weights(i) for i in rows] + [[0.0] * MAX_LENGTH] * pad
+            )
 
 
 def test_the_default_mesh_is_every_device_on_data():
@@ -356,9 +368,21 @@ def test_a_dtype_that_holds_the_vocabulary_is_used_as_is():
         ({"prefetch": -1}, ValueError, ["prefetch", "-1"]),
         ({"shuffle": "yes"}, TypeError, ["shuffle", "'yes'"]),
     ],
-    ids=["mesh-without-axis", "tuple-axis-missing", "axis-as-list", "indivisible-batch",
-         "batch-below-axis", "zero-batch", "dtype-too-small", "float-dtype", "int64-without-x64",
-         "not-a-dtype", "not-a-mesh", "negative-prefetch", "shuffle-not-bool"],
+    ids=[
+        "mesh-without-axis",
+        "tuple-axis-missing",
+        "axis-as-list",
+        "indivisible-batch",
+        "batch-below-axis",
+        "zero-batch",
+        "dtype-too-small",
+        "float-dtype",
+        "int64-without-x64",
+        "not-a-dtype",
+        "not-a-mesh",
+        "negative-prefetch",
+        "shuffle-not-bool",
+    ],
 )
 def test_bad_arguments_are_refused_with_the_value_and_the_fix(kwargs, error, words):
     kwargs = {"batch_size": 4, **{k: v() if callable(v) and k == "mesh" else v for k, v in kwargs.items()}}
@@ -383,4 +407,6 @@ def test_text_is_tokenized_like_the_torch_adapter(gpt2):
     ours = create_dataset(txt=text, tokenizer=gpt2, max_length=4, stride=3)
     ids = gpt2.encode(text, allowed_special={"<|endoftext|>"})
     loader = create_dataloader(ours, batch_size=4, shuffle=False)
-    assert as_lists(next(iter(loader))) == [list(x) for x in reference_batches(reference_windows(ids, 4, 3), 4)[0]]
+    assert as_lists(next(iter(loader))) == [
+        list(x) for x in reference_batches(reference_windows(ids, 4, 3), 4)[0]
+    ]

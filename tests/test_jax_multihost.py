@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from reference import reference_windows
 
 WORKER = Path(__file__).with_name("_multihost_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-import _multihost_worker as worker  # noqa: E402  (its constants only: importing it starts nothing)
+import _multihost_worker as worker
 
 TIMEOUT_S = 90
 
@@ -38,7 +36,10 @@ def reports(tmp_path_factory):
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), str(port), str(i), str(tmp / f"p{i}.json")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
         )
         for i in range(2)
     ]
@@ -68,8 +69,13 @@ def expected_batches(seed, shuffle, drop_last):
         pad = size - len(rows)
         inputs = [windows[i][0] for i in rows] + [[0] * worker.MAX_LENGTH] * pad
         targets = [windows[i][1] for i in rows] + [[0] * worker.MAX_LENGTH] * pad
-        weights = [[0.0 if i > 0 and j < worker.MAX_LENGTH - worker.STRIDE else 1.0
-                    for j in range(worker.MAX_LENGTH)] for i in rows] + [[0.0] * worker.MAX_LENGTH] * pad
+        weights = [
+            [
+                0.0 if i > 0 and j < worker.MAX_LENGTH - worker.STRIDE else 1.0
+                for j in range(worker.MAX_LENGTH)
+            ]
+            for i in rows
+        ] + [[0.0] * worker.MAX_LENGTH] * pad
         parts = [inputs, targets, weights] + ([] if drop_last else [[True] * len(rows) + [False] * pad])
         batches.append(parts)
     return batches
@@ -85,6 +91,7 @@ def test_each_addressable_shard_is_its_rows_of_the_global_batch(reports, name):
     _, shuffle, drop_last, seed = worker.CONFIGS[name]
     seeds = {r["runs"][name]["seed"] for r in reports}
     assert len(seeds) == 1, f"processes disagree on the seed: {seeds}"
+    assert seed is None or seeds == {seed}
     expected = expected_batches(seeds.pop(), shuffle, drop_last)
     devices_seen = set()
     for report in reports:

@@ -190,7 +190,9 @@ class WindowDataLoader:
         return self.cursor.order.global_batch(epoch, step)
 
     def __repr__(self) -> str:
-        return f"WindowDataLoader({self.cursor.order!r}, sharding={self.batches.rows}, prefetch={self.prefetch})"
+        return (
+            f"WindowDataLoader({self.cursor.order!r}, sharding={self.batches.rows}, prefetch={self.prefetch})"
+        )
 
 
 class _Failure:
@@ -217,8 +219,10 @@ class _Prefetcher:
         self._stop = threading.Event()
         # The thread gets no reference to self, so an abandoned iterator can be collected.
         self._thread = threading.Thread(
-            target=_produce, args=(build, steps, self._ready, self._room, self._stop),
-            name="windowloader-prefetch", daemon=True,
+            target=_produce,
+            args=(build, steps, self._ready, self._room, self._stop),
+            name="windowloader-prefetch",
+            daemon=True,
         )
         _LIVE.add(self)
         self._thread.start()
@@ -239,14 +243,16 @@ class _Prefetcher:
         _LIVE.discard(self)
 
 
-def _produce(build: Callable, steps, ready: queue.SimpleQueue, room: queue.SimpleQueue, stop: threading.Event) -> None:
+def _produce(
+    build: Callable, steps, ready: queue.SimpleQueue, room: queue.SimpleQueue, stop: threading.Event
+) -> None:
     try:
         for epoch, step in steps:
             if not _wait_for_room(room, stop):
                 return
             ready.put(build(epoch, step))
         item = _DONE
-    except BaseException as error:  # handed to the consumer, which re-raises it
+    except BaseException as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
         item = _Failure(error)
     ready.put(item)
 
