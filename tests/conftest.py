@@ -30,3 +30,9 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("WINDOWLOADER_NO_SKIPS") == "1" and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may skip: {report.longrepr}"
+
+
+def pytest_collection_modifyitems(items):
+    """Runs the tests that fork DataLoader workers first: forking after JAX has started its
+    backend threads (any JAX test does) may deadlock the child, as JAX itself warns."""
+    items.sort(key=lambda item: item.module.__name__ != "test_torch_adapter")

@@ -157,3 +157,10 @@ def test_import_windowloader_imports_neither_torch_nor_jax():
     code = "import sys, windowloader; print(sorted(m for m in ('torch', 'jax', 'flax') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_plain_dataloader_over_the_dataset_gives_the_reference_batches():
+    dataset = create_dataset(tokens=SPEC_TOKENS, max_length=4, stride=2)
+    plain = torch.utils.data.DataLoader(dataset, batch_size=2, shuffle=False, drop_last=True)
+    expected = reference_batches(reference_windows(SPEC_TOKENS, 4, 2), 2)
+    assert [(x.tolist(), y.tolist()) for x, y in plain] == expected

@@ -137,15 +137,15 @@ def test_a_memmap_dataset_pickles_as_its_path_and_reopens_the_map(tmp_path):
 
 def test_in_memory_tokens_move_to_shared_memory_once_and_travel_as_a_handle(gpt2):
     dataset = create_dataset(txt="hello world, " * 5_000, tokenizer=gpt2, max_length=16, stride=5)
-    before = [x.tolist() for x in dataset.__getitems__([0, 7])]
+    before = [[x.tolist() for x in sample] for sample in dataset.__getitems__([0, 7])]
     first = bytes(ForkingPickler.dumps(dataset))
     shared = dataset.windows.tokens
     assert bytes(ForkingPickler.dumps(dataset)) and dataset.windows.tokens is shared  # moved once
     assert len(first) < 1_000  # the 15,000 tokens would be 30 kB at least
     assert b"tiktoken" not in first and b"Encoding" not in first  # the tokenizer stays home
-    assert [x.tolist() for x in dataset.__getitems__([0, 7])] == before
+    assert [[x.tolist() for x in sample] for sample in dataset.__getitems__([0, 7])] == before
     received = ForkingPickler.loads(first)
-    assert [x.tolist() for x in received.__getitems__([0, 7])] == before
+    assert [[x.tolist() for x in sample] for sample in received.__getitems__([0, 7])] == before
 
 
 def test_a_loader_with_workers_moves_in_memory_tokens_before_it_starts():

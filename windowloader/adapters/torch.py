@@ -87,13 +87,18 @@ class GPTDatasetV1(Dataset):
             item += (torch.from_numpy(self.windows.weights([index])[0]),)
         return item
 
-    def __getitems__(self, indices) -> tuple[torch.Tensor, ...] | _WorkerBatch:
-        """A whole batch from one gather: int64 `(len(indices), max_length)` inputs and targets
-        (views of one `(len(indices), max_length + 1)` tensor), then float32 weights of the same
-        shape when `return_weights`. In a DataLoader worker, the same batch as a `_WorkerBatch`,
-        and a `_BatchGroup` of them for a group of batches' indices."""
-        if isinstance(indices, _BatchGroup):  # only WindowDataLoader's workers receive groups
-            return _BatchGroup(self.__getitems__(batch) for batch in indices)
+    def __getitems__(self, indices) -> list | _BatchGroup:
+        """Torch's batched-fetch hook. From a plain `DataLoader`'s sampler (a list of indices)
+        it returns the list of samples that torch's protocol asks for, so `default_collate`
+        stacks them as usual. From `create_dataloader`'s sampler (a `_BatchGroup` of batches'
+        indices) it returns each batch from one gather: int64 `(len(batch), max_length)` inputs
+        and targets (views of one `(len(batch), max_length + 1)` tensor), then float32 weights
+        of the same shape when `return_weights`; in a worker, a `_WorkerBatch` instead."""
+        if not isinstance(indices, _BatchGroup):
+            return [self[int(index)] for index in indices]
+        return _BatchGroup(self._gather(batch) for batch in indices)
+
+    def _gather(self, indices: np.ndarray) -> tuple[torch.Tensor, ...] | _WorkerBatch:
         weights = self.windows.weights(indices) if self.return_weights else None
         if get_worker_info() is not None:
             return _WorkerBatch(self.windows.gather_rows(indices), weights)
@@ -128,7 +133,8 @@ class GPTDatasetV1(Dataset):
 
 
 class _BatchGroup(list):
-    """Consecutive batches (their indices, then their data) that travel as one worker message."""
+    """Consecutive batches (their indices, then their data) that travel as one worker message;
+    also what tells `__getitems__` that `create_dataloader`, not a plain DataLoader, is asking."""
 
 
 class _WorkerBatch:
@@ -203,8 +209,8 @@ def create_dataset(
 
 
 class WindowBatchSampler(Sampler):
-    """Yields this rank's window indices for each batch left in the loader's current epoch, one
-    batch at a time, or in `_BatchGroup`s of `group` consecutive batches for workers."""
+    """Yields this rank's window indices for each batch left in the loader's current epoch, in
+    `_BatchGroup`s of `group` consecutive batches (one batch without workers)."""
 
     def __init__(self, cursor: Cursor, group: int = 1) -> None:
         self.cursor = cursor
@@ -212,9 +218,6 @@ class WindowBatchSampler(Sampler):
 
     def __iter__(self):
         batches = (self.cursor.order.batch(epoch, step) for epoch, step in self.cursor.steps())
-        if self.group == 1:
-            yield from batches
-            return
         while chunk := list(itertools.islice(batches, self.group)):
             yield _BatchGroup(chunk)
 
@@ -242,8 +245,8 @@ class WindowDataLoader(DataLoader):
         in_process = self.num_workers == 0 and not self.pin_memory
         batches = self._batches_in_process() if in_process else super().__iter__()
         # Counted as handed to the user, not as fetched: workers run ahead of the consumer.
-        for received in batches:
-            for batch in received if isinstance(received, _BatchGroup) else (received,):
+        for group in batches:
+            for batch in group:
                 if isinstance(batch, _WorkerBatch):
                     batch = batch.tensors()
                 self.cursor.advance()
@@ -252,8 +255,8 @@ class WindowDataLoader(DataLoader):
     def _batches_in_process(self):
         # DataLoader's single-process loop gives these same batches, but its profiler scope and
         # fetcher cost ~20 µs a batch here, as much as gathering a (16, 1025) batch itself.
-        for indices in self.batch_sampler:
-            yield self.collate_fn(self.dataset.__getitems__(indices))
+        for group in self.batch_sampler:
+            yield self.collate_fn(self.dataset.__getitems__(group))
 
     def state_dict(self) -> dict:
         """Epoch, batches delivered in it, seed, global batch size and corpus/config checks:
@@ -366,10 +369,10 @@ class _CollateTensors:
     def __init__(self, collate_fn) -> None:
         self.collate_fn = collate_fn
 
-    def __call__(self, batch):
-        if isinstance(batch, _BatchGroup):
-            return _BatchGroup(self(one) for one in batch)
-        return self.collate_fn(batch.tensors() if isinstance(batch, _WorkerBatch) else batch)
+    def __call__(self, group: _BatchGroup) -> _BatchGroup:
+        return _BatchGroup(
+            self.collate_fn(batch.tensors() if isinstance(batch, _WorkerBatch) else batch) for batch in group
+        )
 
 
 def _batch_as_is(batch):
