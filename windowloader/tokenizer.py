@@ -32,14 +32,7 @@ class ByteTokenizer:
     n_vocab = 257
 
     def encode(self, text: str, *, allowed_special=frozenset()) -> list[int]:
-        if ENDOFTEXT not in allowed_special and allowed_special != "all":
-            return list(text.encode("utf-8"))
-        ids: list[int] = []
-        for i, part in enumerate(text.split(ENDOFTEXT)):
-            if i:
-                ids.append(self.eot_token)
-            ids.extend(part.encode("utf-8"))
-        return ids
+        return self.encode_to_numpy(text, allowed_special=allowed_special).tolist()
 
     def encode_ordinary(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -47,9 +40,17 @@ class ByteTokenizer:
     def encode_ordinary_batch(self, texts: list[str], **_: object) -> list[list[int]]:
         return [self.encode_ordinary(text) for text in texts]
 
-    def encode_to_numpy(self, text: str, **_: object) -> np.ndarray:
-        """The ordinary encoding as uint8, without a Python int per byte (special tokens ignored)."""
-        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    def encode_to_numpy(self, text: str, *, allowed_special=frozenset(), **_: object) -> np.ndarray:
+        """The ids without a Python int per byte: uint8, or uint16 when `<|endoftext|>` is allowed."""
+        if ENDOFTEXT not in allowed_special and allowed_special != "all":
+            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        parts = [np.frombuffer(part.encode("utf-8"), dtype=np.uint8) for part in text.split(ENDOFTEXT)]
+        ids = np.full(sum(map(len, parts)) + len(parts) - 1, self.eot_token, dtype=np.uint16)
+        start = 0
+        for part in parts:
+            ids[start : start + len(part)] = part
+            start += len(part) + 1
+        return ids
 
     def decode(self, ids) -> str:
         data = bytes(i for i in ids if i != self.eot_token)
@@ -191,5 +192,9 @@ def token_dtype(max_id: int) -> np.dtype:
 
 def encode_to_array(tokenizer, text: str) -> np.ndarray:
     """`encode(tokenizer, text)` as a compact 1-D numpy array."""
-    ids = encode(tokenizer, text)
-    return np.asarray(ids, dtype=token_dtype(max(ids, default=0)))
+    if hasattr(tokenizer, "encode_to_numpy"):
+        # tiktoken's ids straight from its buffer: no Python int (~28 bytes) per token.
+        ids = tokenizer.encode_to_numpy(text, allowed_special={ENDOFTEXT})
+    else:
+        ids = np.asarray(encode(tokenizer, text), dtype=np.int64)
+    return ids.astype(token_dtype(int(ids.max()) if ids.size else 0), copy=False)
