@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -46,7 +47,9 @@ def comparison(tmp_path_factory):
         "--out",
         str(out),
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    # Two CPU devices for JAX: the Flax run splits each batch across them, weights replicated.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, env=env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     return out, json.loads((out / "results.json").read_text()), run.stdout
 
