@@ -2,10 +2,11 @@
 
 import base64
 
+import numpy as np
 import pytest
 
 from windowloader import ByteTokenizer, load_tokenizer
-from windowloader.tokenizer import encode
+from windowloader.tokenizer import encode, encode_to_array
 
 
 def test_gpt2_by_name_gives_gpt2_ids(gpt2):
@@ -63,3 +64,16 @@ def test_a_tokenizer_without_encode_is_a_type_error():
         load_tokenizer(42)
     with pytest.raises(TypeError, match="encode"):
         encode(object(), "text")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bytes"])
+def test_text_encoded_in_pieces_gives_the_ids_of_the_whole(name, gpt2, monkeypatch):
+    import windowloader.corpus
+
+    tokenizer = gpt2 if name == "gpt2" else load_tokenizer("bytes")
+    text = "".join(f"def f{i}(x):\n    return x * {i}  # ünï\nclass C{i}: pass<|endoftext|>" for i in range(40))
+    monkeypatch.setattr(windowloader.corpus, "_PIECE_CHARS", 50)
+    assert len(list(windowloader.corpus.split_for_encoding(text))) > 10
+    ids = encode_to_array(tokenizer, text)
+    assert ids.dtype == np.uint16
+    assert ids.tolist() == tokenizer.encode(text, allowed_special={"<|endoftext|>"})

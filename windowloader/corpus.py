@@ -207,15 +207,25 @@ def _document(texts: Iterator[str], stats: ReadStats) -> Iterator[tuple[str, boo
         yield buffer, first
 
 
-def _cut_point(text: str, limit: int) -> int:
-    """The last safe cut at or before `limit`, else the first after it, else 0.
+def split_for_encoding(text: str) -> Iterator[str]:
+    """`text` in pieces of about `_PIECE_CHARS` characters, cut only at safe cuts (`_cut_point`),
+    so that encoding the pieces one by one gives the ids of encoding `text` whole."""
+    start = 0
+    while len(text) - start > _PIECE_CHARS and (cut := _cut_point(text, start + _PIECE_CHARS, start)):
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _cut_point(text: str, limit: int, start: int = 0) -> int:
+    """The last safe cut in `text[start:limit]`, else the first after `limit`, else 0.
 
     A safe cut is just after a lone line break between two non-space characters: GPT-2's and
     cl100k's pre-tokenizers make that break a token of its own or end the token before it with
     it, so encoding both sides separately gives the same ids as encoding the whole.
     """
     end = limit
-    while (i := text.rfind("\n", 0, end)) > 0:
+    while (i := text.rfind("\n", start, end)) > start:
         if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
             return i + 1
         end = i

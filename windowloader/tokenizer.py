@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from windowloader.corpus import split_for_encoding
+
 ENDOFTEXT = "<|endoftext|>"
 # tiktoken keeps this pattern inside the function that builds cl100k_base, not as a constant.
 _CL100K_PAT_STR = (
@@ -192,9 +194,17 @@ def token_dtype(max_id: int) -> np.dtype:
 
 def encode_to_array(tokenizer, text: str) -> np.ndarray:
     """`encode(tokenizer, text)` as a compact 1-D numpy array."""
-    if hasattr(tokenizer, "encode_to_numpy"):
-        # tiktoken's ids straight from its buffer: no Python int (~28 bytes) per token.
-        ids = tokenizer.encode_to_numpy(text, allowed_special={ENDOFTEXT})
-    else:
+    if not (hasattr(tokenizer, "encode_to_numpy") and hasattr(tokenizer, "n_vocab")):
         ids = np.asarray(encode(tokenizer, text), dtype=np.int64)
-    return ids.astype(token_dtype(int(ids.max()) if ids.size else 0), copy=False)
+        return ids.astype(token_dtype(int(ids.max()) if ids.size else 0))
+    # tiktoken's ids straight from its buffer (no Python int, ~28 bytes, per token), a piece at a
+    # time into one buffer of the final dtype: the whole text's uint32 ids would double the peak.
+    # Every token is at least one UTF-8 byte; the pages past the last id are never touched.
+    ids = np.empty(len(text) if text.isascii() else len(text.encode("utf-8")), token_dtype(tokenizer.n_vocab - 1))
+    count = 0
+    for piece in split_for_encoding(text):
+        piece_ids = tokenizer.encode_to_numpy(piece, allowed_special={ENDOFTEXT})
+        ids[count : count + len(piece_ids)] = piece_ids
+        count += len(piece_ids)
+    ids.resize(count, refcheck=False)  # gives back the untouched tail (realloc shrinks in place)
+    return ids
