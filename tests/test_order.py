@@ -104,3 +104,12 @@ def test_bad_arguments_name_the_parameter(kwargs, error, name):
     arguments = {"batch_size": 2, **kwargs}
     with pytest.raises(error, match=name):
         BatchOrder(10, **arguments)
+
+
+@pytest.mark.parametrize("world_size, drop_last", [(1, True), (1, False), (2, False), (4, True)])
+def test_batches_from_a_step_on_are_the_batches_of_each_step(world_size, drop_last):
+    for rank in range(world_size):
+        order = BatchOrder(41, batch_size=8, seed=9, drop_last=drop_last, rank=rank, world_size=world_size)
+        for start in (0, 2, len(order)):
+            got = [b.tolist() for b in order.batches(3, start)]
+            assert got == [order.batch(3, k).tolist() for k in range(start, len(order))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from windowloader import _checks
@@ -110,7 +112,17 @@ class BatchOrder:
 
     def batch(self, epoch: int, step: int) -> np.ndarray:
         """The window indices this rank serves as batch `step` of `epoch`."""
-        rows = self.global_batch(epoch, step)
+        return self._rank_slice(self.global_batch(epoch, step))
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[np.ndarray]:
+        """This rank's batches of `epoch` from step `start` on: `batch(epoch, step)` for each
+        step, without its per-call checks (a loader's hot path)."""
+        order = self.epoch_order(epoch)
+        size = self.batch_size
+        for offset in range(_checks.non_negative_int("start", start) * size, len(self) * size, size):
+            yield self._rank_slice(order[offset : offset + size])
+
+    def _rank_slice(self, rows: np.ndarray) -> np.ndarray:
         if self.world_size == 1:
             return rows
         return np.array_split(rows, self.world_size)[self.rank]

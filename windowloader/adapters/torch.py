@@ -96,13 +96,17 @@ class GPTDatasetV1(Dataset):
         of the same shape when `return_weights`; in a worker, a `_WorkerBatch` instead."""
         if not isinstance(indices, _BatchGroup):
             return [self[int(index)] for index in indices]
-        return _BatchGroup(self._gather(batch) for batch in indices)
-
-    def _gather(self, indices: np.ndarray) -> tuple[torch.Tensor, ...] | _WorkerBatch:
-        weights = self.windows.weights(indices) if self.return_weights else None
         if get_worker_info() is not None:
-            return _WorkerBatch(self.windows.gather_rows(indices), weights)
+            return _BatchGroup(self._worker_batch(batch) for batch in indices)
+        return _BatchGroup(self._tensors(batch) for batch in indices)
+
+    def _tensors(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
+        weights = self.windows.weights(indices) if self.return_weights else None
         return _as_tensors(self.windows.gather_rows(indices, np.int64), weights)
+
+    def _worker_batch(self, indices: np.ndarray) -> _WorkerBatch:
+        weights = self.windows.weights(indices) if self.return_weights else None
+        return _WorkerBatch(self.windows.gather_rows(indices), weights)
 
     def __reduce__(self):
         # How a DataLoader worker started by spawn/forkserver receives the dataset (fork shares
@@ -217,7 +221,7 @@ class WindowBatchSampler(Sampler):
         self.group = group
 
     def __iter__(self):
-        batches = (self.cursor.order.batch(epoch, step) for epoch, step in self.cursor.steps())
+        batches = self.cursor.order.batches(self.cursor.epoch, self.cursor.step)
         while chunk := list(itertools.islice(batches, self.group)):
             yield _BatchGroup(chunk)
 
@@ -243,20 +247,24 @@ class WindowDataLoader(DataLoader):
 
     def __iter__(self):
         in_process = self.num_workers == 0 and not self.pin_memory
-        batches = self._batches_in_process() if in_process else super().__iter__()
+        batches = self._batches_in_process() if in_process else self._batches_from_dataloader()
         # Counted as handed to the user, not as fetched: workers run ahead of the consumer.
-        for group in batches:
-            for batch in group:
-                if isinstance(batch, _WorkerBatch):
-                    batch = batch.tensors()
-                self.cursor.advance()
-                yield batch
+        for batch in batches:
+            self.cursor.advance()
+            yield batch
 
     def _batches_in_process(self):
-        # DataLoader's single-process loop gives these same batches, but its profiler scope and
-        # fetcher cost ~20 µs a batch here, as much as gathering a (16, 1025) batch itself.
-        for group in self.batch_sampler:
-            yield self.collate_fn(self.dataset.__getitems__(group))
+        # DataLoader's single-process loop gives these same batches, but its profiler scope,
+        # fetcher and this adapter's batch groups cost ~10-20 µs a batch here, as much as
+        # gathering a (16, 1025) batch itself.
+        gather, collate = self.dataset._tensors, self.collate_fn
+        for indices in self.cursor.order.batches(self.cursor.epoch, self.cursor.step):
+            yield gather(indices) if collate is _batch_as_is else collate(_BatchGroup([gather(indices)]))[0]
+
+    def _batches_from_dataloader(self):
+        for group in super().__iter__():
+            for batch in group:
+                yield batch.tensors() if isinstance(batch, _WorkerBatch) else batch
 
     def state_dict(self) -> dict:
         """Epoch, batches delivered in it, seed, global batch size and corpus/config checks:
