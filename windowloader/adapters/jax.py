@@ -235,7 +235,10 @@ class _Prefetcher:
             yield item
 
     def close(self) -> None:
-        """Stops the thread and waits for it; safe to call twice."""
+        """Stops the thread and waits for it; safe to call twice (at exit, the atexit hook
+        closes it first and the generator's `finally` again, once `threading` is torn down)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join()
         while not self._ready.empty():  # free the device buffers now
