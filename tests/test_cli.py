@@ -333,6 +333,13 @@ def test_a_named_tokenizer_never_falls_back(small_file, cache_args, capsys, monk
     assert "'gpt2' could not be loaded (ConnectionError)" in line and "TIKTOKEN_CACHE_DIR" in line
 
 
+def test_a_missing_file_is_reported_before_the_tokenizer_is_loaded(tmp_path, cache_args, capsys, monkeypatch):
+    offline(monkeypatch)
+    code, out, err = run([tmp_path / "missing.txt", *cache_args], capsys)
+    assert code == 2 and out == ""
+    assert "missing.txt' does not exist" in one_error_line(err)  # no fallback notice before it
+
+
 def test_undecodable_input_is_reported_in_one_warning_line(tmp_path, cache_args, capsys):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"good text \xff\xfe and more good text here")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from windowloader.cache import TokenizedCorpus, tokenize_corpus
+from windowloader.corpus import check_paths
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import load_tokenizer
 from windowloader.windows import TokenWindows
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            check_paths([Path(name) for name in args.input or ()])
             tokenizer = _tokenizer(args.tokenizer)
             corpus = _tokenize(args, tokenizer)
         for warning in caught:

@@ -150,8 +150,19 @@ def _from_path(path: Path, suffixes: tuple[str, ...]) -> list[Source]:
             raise ValueError(f"directory {str(path)!r} holds no file ending in {', '.join(suffixes)}")
         return [_file(entry.path, entry.stat()) for entry in entries]  # already absolute
     if not path.is_file():
-        raise ValueError(f"input {str(path)!r} does not exist: check the path")
+        raise ValueError(_missing(path))
     return [_file(os.path.abspath(path), path.stat())]
+
+
+def check_paths(paths: Sequence[Path]) -> None:
+    """Raises `resolve`'s error for a path that does not exist (globs aside), before any other work."""
+    for path in paths:
+        if not _GLOB_CHARS & set(str(path)) and not path.exists():
+            raise ValueError(_missing(path))
+
+
+def _missing(path: Path) -> str:
+    return f"input {str(path)!r} does not exist: check the path"
 
 
 def _walk(directory: str, suffixes: tuple[str, ...]) -> Iterator[os.DirEntry]:
