@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from windowloader import _checks, corpus, encode
+from windowloader.segments import corpus_doc_starts
 from windowloader.tokenizer import ENDOFTEXT, encode as encode_special, load_tokenizer
 from windowloader.windows import TokenWindows
 
@@ -70,6 +71,18 @@ class TokenizedCorpus:
         return len(self.doc_offsets)
 
     @property
+    def doc_starts(self) -> np.ndarray:
+        """Each document's start, int64: its offset in `doc_offsets`, moved back over the separator
+        before it, since the separator opens the document that follows (its BOS)."""
+        separator_tokens = self.meta.get("separator_tokens")
+        if separator_tokens is None:
+            raise ValueError(
+                f"token cache {str(self.path)!r} predates document starts (its sidecar has no "
+                "separator_tokens): delete it and run windowloader prepare again"
+            )
+        return corpus_doc_starts(self.doc_offsets, separator_tokens, len(self.tokens))
+
+    @property
     def replaced_chars(self) -> int:
         """Undecodable characters replaced by U+FFFD while reading."""
         return self.meta["replaced_chars"]
@@ -97,8 +110,10 @@ class TokenizedCorpus:
         return _memmap(bin_path, meta, cached=True)
 
     def windows(self, *, max_length: int, stride: int) -> TokenWindows:
-        """`TokenWindows` over the memmap itself: nothing is copied or read ahead."""
-        return TokenWindows(self.tokens, max_length=max_length, stride=stride)
+        """`TokenWindows` over the memmap itself, with the document starts (when the cache records
+        them; `segments` says so otherwise): nothing is copied or read ahead."""
+        doc_starts = self.doc_starts if "separator_tokens" in self.meta else None
+        return TokenWindows(self.tokens, max_length=max_length, stride=stride, doc_starts=doc_starts)
 
 
 def tokenize_corpus(
@@ -349,6 +364,7 @@ def _build(
             "tokens": count,
             "documents": documents,
             "doc_offsets": index_path.name,
+            "separator_tokens": len(separator_ids),
             "bytes": stats.bytes_read,
             "replaced_chars": stats.replaced_chars,
             "sources": [s.fingerprint() for s in sources],

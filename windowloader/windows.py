@@ -11,6 +11,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from windowloader import _checks
+from windowloader.segments import check_doc_starts, row_segments
 
 # Sampled, not hashed whole: a fingerprint must cost microseconds even on a GB memmap.
 _FINGERPRINT_CHUNKS = 64
@@ -23,6 +24,10 @@ class TokenWindows:
 
     Construction is O(1) in time and memory whatever the stride: the windows are a strided
     view of `tokens`, which may be a plain array or an `np.memmap`.
+
+    `doc_starts`, the offset of each document's first token (strictly increasing), lets
+    `segments` say which document each input position belongs to; a token cache's are
+    `TokenizedCorpus.doc_starts` (the separator opens the document that follows it).
 
     Example:
         >>> import numpy as np
@@ -37,7 +42,7 @@ class TokenWindows:
         ((2, 4), (2, 4))
     """
 
-    def __init__(self, tokens: np.ndarray, *, max_length: int, stride: int) -> None:
+    def __init__(self, tokens: np.ndarray, *, max_length: int, stride: int, doc_starts=None) -> None:
         self.max_length = _checks.positive_int("max_length", max_length)
         self.stride = _checks.positive_int("stride", stride)
         self.tokens = _checks.token_array(tokens)
@@ -48,6 +53,7 @@ class TokenWindows:
                 f"needs {needed} (inputs plus the one-token shift of the targets): "
                 "use more text or a smaller max_length"
             )
+        self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, len(self.tokens))
         # Row i of this view is window i: fancy-indexing its rows reads each window in one
         # contiguous copy (measured ~3x faster here than indexing tokens with start + arange).
         self._rows = sliding_window_view(self.tokens, needed)[:: self.stride]
@@ -62,7 +68,9 @@ class TokenWindows:
     def __repr__(self) -> str:
         return (
             f"TokenWindows(tokens={len(self.tokens)} x {self.tokens.dtype}, "
-            f"max_length={self.max_length}, stride={self.stride}, windows={len(self)})"
+            f"max_length={self.max_length}, stride={self.stride}, windows={len(self)}"
+            + ("" if self.doc_starts is None else f", documents={len(self.doc_starts)}")
+            + ")"
         )
 
     def __reduce__(self):
@@ -70,7 +78,7 @@ class TokenWindows:
         # A memmap travels as its file location and is reopened on arrival, so a DataLoader or
         # grain worker maps the same page cache instead of receiving a copy of the tokens.
         source = memmap_source(self.tokens)
-        return (_reopen, (source or self.tokens, self.max_length, self.stride))
+        return (_reopen, (source or self.tokens, self.max_length, self.stride, self.doc_starts))
 
     def window_start(self, index: int) -> int:
         """The offset in `tokens` of window `index`'s first input token."""
@@ -103,6 +111,22 @@ class TokenWindows:
         seen = max(0, self.max_length - self.stride)
         weights[indices > 0, :seen] = 0.0
         return weights
+
+    def segments(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """`(segment_ids, positions)` of the windows `indices`' inputs, int32 `(len(indices), max_length)`.
+
+        `segment_ids[r, j]` is 1 + how many document starts lie in `(start, start + j]` (start:
+        the window's first input), so 1 for the window's first document and one more at each
+        start inside it (0 is left for padding); `positions[r, j]` is j minus the column where
+        that document's part of the window begins. Needs `doc_starts`.
+        """
+        if self.doc_starts is None:
+            raise ValueError(
+                "segments need document boundaries: build the windows with doc_starts= "
+                "(a token cache's corpus.doc_starts)"
+            )
+        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        return row_segments(self.doc_starts, starts, self.max_length)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -154,7 +178,7 @@ def memmap_source(tokens: np.ndarray) -> MemmapSource | None:
     return MemmapSource(str(tokens.filename), mapping_start + into_mapping, tokens.dtype.str, len(tokens))
 
 
-def _reopen(tokens, max_length: int, stride: int) -> TokenWindows:
+def _reopen(tokens, max_length: int, stride: int, doc_starts=None) -> TokenWindows:
     if isinstance(tokens, MemmapSource):
         tokens = tokens.open()
-    return TokenWindows(tokens, max_length=max_length, stride=stride)
+    return TokenWindows(tokens, max_length=max_length, stride=stride, doc_starts=doc_starts)
