@@ -168,7 +168,7 @@ def tokenize_corpus(
         raise TypeError(f"text_field must be a non-empty str, got {text_field!r}: the default is 'text'")
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
     directory = resolve_cache_dir(cache_dir)
-    resolved = corpus.resolve(sources, suffixes=suffixes)
+    resolved = corpus.resolve(sources, suffixes=suffixes, text_field=text_field)
     tokenizer = load_tokenizer(tokenizer)  # after the sources: a missing file fails before a download
     total_bytes = sum(source.size for source in resolved)
     if total_bytes == 0:

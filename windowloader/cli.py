@@ -3,7 +3,8 @@
     windowloader [INPUT ...] --max-length 256 --stride 128 --batch-size 4
     windowloader prepare INPUT ... [--cache-dir DIR]
 
-INPUT is a text file, a directory (read recursively), a glob or a .jsonl file; with none, the
+INPUT is a text file, a directory (read recursively), a glob, a .jsonl or .parquet file (also
+.jsonl.gz/.zst, .txt.gz/.zst) or an fsspec URL (s3://bucket/prefix/*.parquet); with none, the
 command runs on the Python language reference topics that ship with CPython.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from windowloader.cache import TokenizedCorpus, tokenize_corpus
 from windowloader.corpus import check_paths
+from windowloader.formats import is_url
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import load_tokenizer
 from windowloader.windows import TokenWindows
@@ -83,7 +85,7 @@ def _add_corpus_flags(parser: argparse.ArgumentParser) -> None:
         "--cache-dir", help="token cache folder (default $WINDOWLOADER_CACHE or ~/.cache/windowloader)"
     )
     parser.add_argument(
-        "--text-field", default="text", help="the .jsonl field holding the text (default text)"
+        "--text-field", default="text", help="the .jsonl field or parquet column holding the text (default text)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "input",
         nargs="*",
-        help="files, directories, globs, .jsonl (default: CPython's language reference topics)",
+        help="files, directories, globs, .jsonl, .parquet, URLs (default: CPython's language reference topics)",
     )
     parser.add_argument("--max-length", type=_positive_int, help="tokens per window (default 256)")
     parser.add_argument("--stride", type=_positive_int, help="tokens between window starts (default 128)")
@@ -140,7 +142,7 @@ def build_prepare_parser() -> argparse.ArgumentParser:
         prog="windowloader prepare",
         description="Tokenizes INPUT into the token cache and prints the cache's path.",
     )
-    parser.add_argument("input", nargs="+", help="files, directories, globs, .jsonl")
+    parser.add_argument("input", nargs="+", help="files, directories, globs, .jsonl, .parquet, URLs (s3://...)")
     _add_corpus_flags(parser)
     return parser
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            check_paths([Path(name) for name in args.input or ()])
+            check_paths([source for source in _inputs(args) if isinstance(source, Path)])
             tokenizer = _tokenizer(args.tokenizer)
             corpus = _tokenize(args, tokenizer)
         for warning in caught:
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
-    sources = [Path(name) for name in args.input] if args.input else default_corpus()
+    sources = _inputs(args) or default_corpus()
     return tokenize_corpus(
         sources,
         tokenizer,
@@ -186,6 +188,11 @@ def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
         text_field=args.text_field,
         progress=False if args.quiet else None,
     )
+
+
+def _inputs(args: argparse.Namespace) -> list[Path | str]:
+    """The INPUT arguments: URLs stay strings (a Path would fold `s3://` into `s3:/`), the rest are paths."""
+    return [name if is_url(name) else Path(name) for name in args.input or ()]
 
 
 def _tokenizer(name: str | None):

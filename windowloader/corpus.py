@@ -1,7 +1,9 @@
 """Corpus sources: what `tokenize_corpus` reads, in a fixed order, as a stream of text pieces.
 
-A source is text (a `str`), a file, a directory (read recursively), a glob pattern or a
-`.jsonl` file (one document per line). Files are read in sorted order so that the same sources
+A source is text (a `str`), a file, a directory (read recursively), a glob pattern, a
+`.jsonl` file (one document per line), a `.parquet` file (one document per row), a URL
+(`s3://bucket/prefix/*.parquet`) or a Hugging Face dataset; `formats/` reads what is not plain
+local text. Files are read in sorted order so that the same sources
 give the same stream on every machine, and big files are read in pieces so that no file is ever
 held whole in memory.
 """
@@ -18,6 +20,8 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from windowloader import formats
 
 # Text-like files that a directory contributes unless `suffixes` says otherwise.
 DEFAULT_SUFFIXES = (
@@ -46,6 +50,7 @@ DEFAULT_SUFFIXES = (
     ".rb",
     ".sh",
     ".jsonl",
+    *formats.SUFFIXES,
 )
 _GLOB_CHARS = frozenset("*?[")
 # Files are read this many bytes at a time and handed on as pieces of about this many characters.
@@ -87,14 +92,16 @@ class ReadStats:
     replaced_chars: int = 0
 
 
-def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Source]:
+def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES, text_field: str = "text") -> list[Source]:
     """Turns `sources` into a list of `Source`, checking that every path exists.
 
     Args:
-        sources: a `str` (the text itself), a `pathlib.Path` (a file, a directory or a glob
-            pattern), or a list of these. Lists keep their order; a directory or a glob
-            contributes its files in sorted order.
+        sources: a `str` (the text itself, or one fsspec URL such as `s3://bucket/data/*.parquet`),
+            a `pathlib.Path` (a file, a directory or a glob pattern), a Hugging Face
+            `datasets.Dataset` or `IterableDataset`, or a list of these. Lists keep their order;
+            a directory, a glob or a URL prefix contributes its files in sorted order.
         suffixes: the file name endings a directory or a glob contributes (case-insensitive).
+        text_field: a dataset's text column (checked here, before any reading).
 
     Raises:
         ValueError: a path does not exist, or a directory or glob holds no matching file.
@@ -106,14 +113,19 @@ def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES) -> list[Sour
     wanted = tuple(suffix.lower() for suffix in suffixes)
     resolved: list[Source] = []
     for item in items:
-        if isinstance(item, str):
+        if isinstance(item, str) and formats.is_url(item):
+            resolved.extend(formats.resolve_url(item, wanted))
+        elif isinstance(item, str):
             _warn_if_path(item)
             resolved.append(Source("text", text=item, size=len(item.encode("utf-8", "surrogatepass"))))
         elif isinstance(item, os.PathLike):
             resolved.extend(_from_path(Path(item), wanted))
+        elif (dataset := formats.resolve_object(item, text_field)) is not None:
+            resolved.extend(dataset)
         else:
             raise TypeError(
-                f"sources must hold str (text) or pathlib.Path (file, directory, glob), got "
+                f"sources must hold str (text or a URL), pathlib.Path (file, directory, glob) or a "
+                f"Hugging Face dataset, got "
                 f"{type(item).__name__}: wrap file names in pathlib.Path"
             )
     return resolved
@@ -176,8 +188,7 @@ def _walk(directory: str, suffixes: tuple[str, ...]) -> Iterator[os.DirEntry]:
 
 
 def _file(path: str, stat: os.stat_result) -> Source:
-    kind = "jsonl" if path.lower().endswith(".jsonl") else "file"
-    return Source(kind, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return Source(formats.kind(path), path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
 def pieces(
@@ -186,7 +197,8 @@ def pieces(
     """Yields `(text, starts_document)`: every document of `sources`, in order, in pieces.
 
     A text source is split into documents at `separator`; a file is one document; a `.jsonl`
-    line is one document (its `text_field`). Counts go to `stats` as reading proceeds.
+    line is one document (its `text_field`), and so is a parquet or dataset row. Counts go to
+    `stats` as reading proceeds.
     """
     for source in sources:
         if source.text is not None:
@@ -195,9 +207,11 @@ def pieces(
             for document in documents:
                 yield from _document(iter([document]), stats)
         elif source.kind == "jsonl":
-            yield from _jsonl(source.path, text_field, stats)
+            yield from _jsonl(source, text_field, stats)
+        elif source.kind == "file":
+            yield from _document(_file_text(source, stats), stats)
         else:
-            yield from _document(_file_text(source.path, stats), stats)
+            yield from formats.pieces(source, text_field=text_field, stats=stats)
 
 
 def _document(texts: Iterator[str], stats: ReadStats) -> Iterator[tuple[str, bool]]:
@@ -244,13 +258,14 @@ def _cut_point(text: str, limit: int, start: int = 0) -> int:
     return match.end() if match and match.end() < len(text) else 0
 
 
-def _file_text(path: str, stats: ReadStats) -> Iterator[str]:
+def _file_text(source: Source, stats: ReadStats) -> Iterator[str]:
     """A file's text, decoded chunk by chunk; undecodable bytes become U+FFFD and are counted."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tail = b""
-    with open(path, "rb") as file:
+    start = stats.bytes_read
+    with formats.open_binary(source) as (file, stored):
         while chunk := file.read(_READ_BYTES):
-            stats.bytes_read += len(chunk)
+            stats.bytes_read = start + stored()
             text = decoder.decode(chunk)
             # U+FFFD already in the file is not a replacement; the 2-byte tail catches one split
             # across two chunks, and counts each exactly once (in the chunk holding its last byte).
@@ -262,10 +277,11 @@ def _file_text(path: str, stats: ReadStats) -> Iterator[str]:
         yield text
 
 
-def _jsonl(path: str, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
-    with open(path, "rb") as file:
+def _jsonl(source: Source, text_field: str, stats: ReadStats) -> Iterator[tuple[str, bool]]:
+    path, start = source.path, stats.bytes_read
+    with formats.open_binary(source) as (file, stored):
         for number, raw in enumerate(file, start=1):
-            stats.bytes_read += len(raw)
+            stats.bytes_read = start + stored()
             line = raw.decode("utf-8", errors="replace")
             stats.replaced_chars += line.count("\ufffd") - raw.count(_REPLACEMENT_BYTES)
             if not line.strip():
