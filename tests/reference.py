@@ -22,3 +22,44 @@ def reference_batches(windows, batch_size, drop_last=True):
             break
         batches.append(([w[0] for w in batch], [w[1] for w in batch]))
     return batches
+
+
+def reference_permutation(n, seed, epoch):
+    """Epoch `epoch`'s order of `n` windows as a list (see `reference_window_at`)."""
+    window_at = reference_window_at(n, seed, epoch)
+    return [window_at(position) for position in range(n)]
+
+
+def reference_window_at(n, seed, epoch, rounds=4):
+    """position -> window of epoch `epoch` of `n` windows, from the keyed Feistel permutation's
+    definition (windowloader/permutation.py's module docstring), in plain Python ints."""
+    import hashlib
+
+    mask64 = 2**64 - 1
+    bits = max(2, (n - 1).bit_length())
+    widths = (bits // 2, bits - bits // 2)  # left, right
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8 * rounds, person=b"wl-feistel").digest()
+    keys = [int.from_bytes(digest[8 * r : 8 * r + 8], "little") for r in range(rounds)]
+
+    def mix(z):
+        z ^= z >> 30
+        z = (z * 0xBF58476D1CE4E5B9) & mask64
+        z ^= z >> 27
+        return (z * 0x94D049BB133111EB) & mask64
+
+    def encrypt(x):
+        left_width, right_width = widths
+        left, right = x >> right_width, x % 2**right_width
+        for key in keys:
+            left, right = right, left ^ (mix(right ^ key) >> (64 - left_width))
+            left_width, right_width = right_width, left_width
+        assert (left_width, right_width) == widths  # an even number of rounds
+        return left * 2**right_width + right
+
+    def window_at(position):
+        x = encrypt(position)
+        while x >= n:  # cycle walking
+            x = encrypt(x)
+        return x
+
+    return window_at

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec
-from reference import reference_batches, reference_windows
+from reference import reference_batches, reference_permutation, reference_windows
 
 from windowloader.adapters import torch as wl_torch
 from windowloader.adapters.jax import create_dataloader, create_dataset
@@ -66,7 +66,7 @@ def reference_weights(index):
 def expected_rows(seed, epoch, shuffle, batch_size, drop_last=True):
     """Global batches of window indices, in plain Python, per the spec's order."""
     n = len(reference_windows(TOKENS, MAX_LENGTH, STRIDE))
-    order = np.random.default_rng((seed, epoch)).permutation(n).tolist() if shuffle else list(range(n))
+    order = reference_permutation(n, seed, epoch) if shuffle else list(range(n))
     stop = n - n % batch_size if drop_last else n
     return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
 
@@ -169,6 +169,26 @@ def test_batch_k_equals_the_torch_adapters_batch_k(shuffle, weights):
             if weights:
                 assert np.asarray(got[2]).tolist() == [reference_weights(i) for i in rows]
                 assert np.asarray(got[2]).tolist() == theirs[2].tolist()
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_torch_ranks_serve_the_jax_global_batches(world_size):
+    """The same seed gives the same global batches whatever the torch world size (workers: see
+    test_torch_adapter.py, which checks they serve exactly the batches of none; hosts: see
+    test_jax_multihost.py)."""
+    torch_set = wl_torch.create_dataset("gpt_v1", tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE)
+    ranks = [
+        wl_torch.create_dataloader(
+            torch_set, batch_size=8 // world_size, seed=21, rank=r, world_size=world_size
+        )
+        for r in range(world_size)
+    ]
+    jax_loader = create_dataloader(dataset(), batch_size=8, seed=21)
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    for epoch in range(2):
+        want = [[windows[i][0] for i in rows] for rows in expected_rows(21, epoch, True, 8)]
+        torch_inputs = [sum((b[0].tolist() for b in batches), []) for batches in zip(*map(list, ranks))]
+        assert torch_inputs == [as_lists(b)[0] for b in jax_loader] == want
 
 
 def _take(loader, n):

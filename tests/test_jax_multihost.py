@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import reference_windows
+from reference import reference_permutation, reference_windows
 
 WORKER = Path(__file__).with_name("_multihost_worker.py")
 import _multihost_worker as worker
@@ -58,10 +58,10 @@ def reports(tmp_path_factory):
 
 
 def expected_batches(seed, shuffle, drop_last):
-    """Global batches in plain Python: epoch 0's order from numpy's Generator seeded (seed, 0)."""
+    """Global batches in plain Python: epoch 0's order from the keyed permutation's definition."""
     windows = reference_windows(worker.TOKENS, worker.MAX_LENGTH, worker.STRIDE)
     n, size = len(windows), worker.BATCH_SIZE
-    order = np.random.default_rng((seed, 0)).permutation(n).tolist() if shuffle else list(range(n))
+    order = reference_permutation(n, seed, 0) if shuffle else list(range(n))
     stop = n - n % size if drop_last else n
     batches = []
     for start in range(0, stop, size):

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reference import reference_permutation, reference_window_at
 from windowloader import BatchOrder
 
 
@@ -42,10 +43,10 @@ def test_each_epoch_is_a_new_permutation_and_the_seed_replays_them():
     assert epoch(BatchOrder(100, batch_size=10, seed=43), 0) != epoch(a, 0)
 
 
-def test_the_permutation_is_numpys_generator_seeded_with_seed_and_epoch():
-    order = BatchOrder(50, batch_size=5, seed=7)
-    expected = np.random.default_rng((7, 2)).permutation(50)
-    assert np.array_equal(np.concatenate(epoch(order, 2)), expected)
+@pytest.mark.parametrize("n, batch_size", [(50, 5), (5000, 16), (3000, 1000)])
+def test_the_order_is_the_keyed_permutation_of_seed_and_epoch(n, batch_size):
+    order = BatchOrder(n, batch_size=batch_size, seed=7, drop_last=False)
+    assert np.concatenate(epoch(order, 2)).tolist() == reference_permutation(n, 7, 2)
 
 
 def test_any_batch_is_computed_directly_in_any_order():
@@ -113,3 +114,9 @@ def test_batches_from_a_step_on_are_the_batches_of_each_step(world_size, drop_la
         for start in (0, 2, len(order)):
             got = [b.tolist() for b in order.batches(3, start)]
             assert got == [order.batch(3, k).tolist() for k in range(start, len(order))]
+
+
+def test_a_batch_at_step_one_billion_is_computed_without_the_epoch():
+    order = BatchOrder(5 * 10**9, batch_size=4, seed=3)
+    window_at = reference_window_at(5 * 10**9, 3, 1)
+    assert order.batch(1, 10**9).tolist() == [window_at(4 * 10**9 + i) for i in range(4)]

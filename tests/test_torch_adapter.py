@@ -1,7 +1,7 @@
 """The PyTorch adapter at training scale: workers, ranks, exact resume, weights, provenance.
 
 Expected batches come from `expected_batches` below: the specification's windows in plain
-Python, ordered by the permutation DESIGN.md specifies (numpy's `default_rng((seed, epoch))`),
+Python, ordered by the keyed permutation as its definition specifies (tests/reference.py),
 cut into global batches and rank slices by hand, not by the library's BatchOrder.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import reference_windows
+from reference import reference_permutation, reference_windows
 
 from windowloader.adapters.torch import create_dataloader, create_dataset
 
@@ -43,10 +43,7 @@ def expected_batches(
     global_size = batch_size * world_size
     batches = []
     for epoch in range(epochs):
-        order = (
-            np.random.default_rng((seed, epoch)).permutation(len(windows)) if shuffle else range(len(windows))
-        )
-        order = [int(i) for i in order]
+        order = reference_permutation(len(windows), seed, epoch) if shuffle else list(range(len(windows)))
         for start in range(0, len(order), global_size):
             rows = order[start : start + global_size]
             if len(rows) < global_size and drop_last:
@@ -316,6 +313,13 @@ def test_a_state_from_another_corpus_or_configuration_is_refused_by_name(change,
     state = _loader(config).state_dict()
     with pytest.raises(ValueError, match=f"saved with {field}="):
         _loader({**config, **change}).load_state_dict(state)
+
+
+def test_a_state_of_the_first_format_is_refused_for_its_different_order():
+    loader = create_dataloader(create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE), batch_size=8, seed=0)
+    state = {**loader.state_dict(), "format": "windowloader/1"}
+    with pytest.raises(ValueError, match="'windowloader/1'.*older windowloader.*shuffled order"):
+        loader.load_state_dict(state)
 
 
 def _loader(config):

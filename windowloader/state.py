@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from windowloader.order import BatchOrder
 from windowloader.windows import TokenWindows
 
-FORMAT = "windowloader/1"
+FORMAT = "windowloader/2"
+# windowloader/1 states named batches of numpy-generator permutations, which no longer exist.
+_RETIRED_FORMATS = ("windowloader/1",)
 
 # Fields that must match between a saved state and the loader that loads it.
 _MUST_MATCH = ("corpus", "max_length", "stride", "global_batch_size", "shuffle", "drop_last")
@@ -55,6 +57,12 @@ class Cursor:
 
     def load_state_dict(self, state: dict) -> None:
         """Continues from `state`: the next batch is the one after the last batch it counted."""
+        if isinstance(state, dict) and state.get("format") in _RETIRED_FORMATS:
+            raise ValueError(
+                f"state has format {state['format']!r}, saved by an older windowloader whose "
+                f"shuffled order this version ({FORMAT!r}) does not reproduce: resume it with "
+                "the windowloader that saved it, or start a new run"
+            )
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(
                 f"state is not a windowloader state (expected format {FORMAT!r}): "
