@@ -4,8 +4,8 @@ Pieces are grouped into units of about `_UNIT_CHARS` characters and encoded by a
 threads, at most `2 * workers` units in flight, so memory stays bounded whatever the corpus size.
 Threads, not processes: tiktoken and Hugging Face tokenizers release the GIL while encoding, and
 threads need no pickling, no worker start-up and no `if __name__ == "__main__":` guard in the
-caller's script. benchmarks/bench_tokenize.py measures both side by side (README, "Tokenization
-benchmark").
+caller's script. benchmarks/bench_tokenize.py measures both side by side (docs/benchmarks.md,
+"Tokenization").
 """
 
 from __future__ import annotations
