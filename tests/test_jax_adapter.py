@@ -57,6 +57,20 @@ def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "windowloader-prefetch" and t.is_alive()]
 
 
+# A loop "in its step" for this long per batch is far slower than building these tiny batches,
+# so the loader starts its thread when the 5th batch is asked for: the first build is not
+# counted, then three busy batches in a row.
+BUSY_S = 0.05
+BATCHES_BEFORE_THE_THREAD = 4
+
+
+def busy(iterable):
+    """Yields from `iterable`, spending BUSY_S in the "step" after each item, like a training loop."""
+    for item in iterable:
+        yield item
+        time.sleep(BUSY_S)
+
+
 def reference_weights(index):
     """1 for each target the previous window did not already predict, else 0."""
     previous = set(range((index - 1) * STRIDE + 1, (index - 1) * STRIDE + MAX_LENGTH + 1)) if index else set()
@@ -259,10 +273,51 @@ def test_prefetch_0_is_synchronous_and_serves_the_same_batches():
     sync = create_dataloader(dataset(), batch_size=4, seed=3, prefetch=0)
     threaded = create_dataloader(dataset(), batch_size=4, seed=3, prefetch=2)
     served = []
-    for batch in sync:
+    for batch in busy(sync):
         assert not prefetch_threads()
         served.append(as_lists(batch))
-    assert served == [as_lists(b) for b in threaded]
+    assert served == [as_lists(b) for b in busy(threaded)]
+
+
+def test_a_loop_that_only_fetches_batches_builds_them_itself_without_a_thread():
+    loader = create_dataloader(dataset(), batch_size=4, seed=3)  # the defaults: prefetch=2
+    for _ in range(3):  # 27 batches
+        for _ in loader:
+            assert not prefetch_threads()
+
+
+def _record_builders(data):
+    """Wraps the dataset's gather to note which thread gathers each batch."""
+    real_gather, builders = data.windows.gather, []
+
+    def gather(*args, **kwargs):
+        builders.append(threading.current_thread().name)
+        return real_gather(*args, **kwargs)
+
+    data.windows.gather = gather
+    return builders
+
+
+def test_a_busy_loop_gets_batches_built_ahead_and_a_quick_one_builds_them_itself(no_leaked_threads):
+    tokens = np.arange(1_000) * 7919 % 50257
+    data = create_dataset(tokens=tokens, max_length=MAX_LENGTH, stride=STRIDE)
+    builders = _record_builders(data)
+    loader = create_dataloader(data, batch_size=4, seed=6, prefetch=2)
+    iterator = iter(loader)
+    served = list(busy(next(iterator) for _ in range(10)))
+    assert prefetch_threads()
+    built_ahead = builders.count("windowloader-prefetch")
+    served += list(iterator)  # a quick loop: building ahead stops after 3 batches
+    windows = reference_windows(tokens, MAX_LENGTH, STRIDE)
+    order = np.random.default_rng((6, 0)).permutation(len(windows)).tolist()
+    want = [order[start : start + 4] for start in range(0, len(order) - 3, 4)]
+    assert len(served) == len(want) == 49
+    for batch, rows in zip(served, want):  # in order, each once, whichever thread built it
+        assert as_lists(batch) == [[windows[i][0] for i in rows], [windows[i][1] for i in rows]]
+    assert builders[:BATCHES_BEFORE_THE_THREAD] == ["MainThread"] * BATCHES_BEFORE_THE_THREAD
+    assert built_ahead >= 5
+    assert builders[-20:] == ["MainThread"] * 20, builders
+    assert (loader.state_dict()["epoch"], loader.state_dict()["step"]) == (1, 0)
 
 
 def _exploding_gather(*args, **kwargs):
@@ -272,20 +327,21 @@ def _exploding_gather(*args, **kwargs):
 def test_an_error_in_the_prefetch_thread_is_raised_in_the_loop_with_its_traceback(no_leaked_threads):
     data = dataset()
     loader = create_dataloader(data, batch_size=4, seed=0, prefetch=2)
-    real_gather, calls = data.windows.gather, []
+    real_gather = data.windows.gather
 
     def gather(*args, **kwargs):
-        calls.append(1)
-        return _exploding_gather() if len(calls) == 3 else real_gather(*args, **kwargs)
+        if threading.current_thread().name == "windowloader-prefetch":
+            _exploding_gather()
+        return real_gather(*args, **kwargs)
 
     data.windows.gather = gather
     served = 0
     with pytest.raises(RuntimeError, match="disk on fire") as raised:
-        for _ in loader:
+        for _ in busy(loader):
             served += 1
-    assert served == 2 and loader.state_dict()["step"] == 2
+    assert served >= BATCHES_BEFORE_THE_THREAD and loader.state_dict()["step"] == served
     frames = [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
-    assert "_exploding_gather" in frames and "_produce" in frames
+    assert "_exploding_gather" in frames and "_fill" in frames
 
 
 @pytest.mark.parametrize("how", ["break", "garbage-collected"])
@@ -295,34 +351,35 @@ def test_leaving_the_loop_stops_the_prefetch_thread(how, no_leaked_threads):
     real_gather = data.windows.gather
 
     def slow_gather(*args, **kwargs):  # the thread is mid-batch when the loop ends: it is waited for
-        time.sleep(0.2)
+        if threading.current_thread().name == "windowloader-prefetch":
+            time.sleep(0.2)
         return real_gather(*args, **kwargs)
 
     data.windows.gather = slow_gather
+    iterator = iter(loader)
+    for _ in busy(next(iterator) for _ in range(BATCHES_BEFORE_THE_THREAD + 1)):
+        pass
+    assert prefetch_threads()
     if how == "break":
-        for _ in loader:
-            assert prefetch_threads()
-            break
+        iterator.close()  # what a `for` loop's break does to the generator it leaves
     else:
-        iterator = iter(loader)
-        next(iterator)
-        assert prefetch_threads()
         del iterator
     gc.collect()
     assert not prefetch_threads()
-    assert loader.state_dict()["step"] == 1
+    assert loader.state_dict()["step"] == BATCHES_BEFORE_THE_THREAD + 1
 
 
 _EXIT_SCRIPT = """
-import os, sys
+import os, sys, time
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import numpy as np
 from windowloader.adapters.jax import create_dataset, create_dataloader
 loader = create_dataloader(create_dataset(tokens=np.arange(2_000), max_length=8, stride=5), batch_size=4, seed=0, prefetch=2)
 iterator = iter(loader)
 for served, batch in enumerate(iterator, start=1):
-    if served == 3:
+    if served == 8:
         break  # the thread now waits on a full queue; the interpreter exits with it alive
+    time.sleep(0.05)  # a busy loop: the loader builds ahead in its thread
 print("served", loader.state_dict()["step"])
 """
 
@@ -332,7 +389,7 @@ def test_interpreter_exit_with_a_prefetching_loop_open_does_not_hang():
         [sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "served 3"
+    assert done.stdout.strip() == "served 8"
     assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
 
 
@@ -430,3 +487,72 @@ def test_text_is_tokenized_like_the_torch_adapter(gpt2):
     assert as_lists(next(iter(loader))) == [
         list(x) for x in reference_batches(reference_windows(ids, 4, 3), 4)[0]
     ]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"shuffle": False},
+        {"shuffle": True, "mesh": "2d"},
+        {"shuffle": True, "drop_last": False, "weights": True},
+        {"shuffle": True, "dtype": jnp.uint16},
+    ],
+    ids=["ordered", "2d-mesh", "padded-weights", "uint16"],
+)
+def test_rows_transfer_serves_the_same_batches_as_arrays(kwargs):
+    kwargs = dict(kwargs)
+    weights = kwargs.pop("weights", False)
+    if kwargs.get("mesh") == "2d":
+        kwargs["mesh"] = mesh_2d()
+    arrays = create_dataloader(dataset(return_weights=weights), batch_size=8, seed=9, transfer="arrays", **kwargs)
+    rows = create_dataloader(dataset(return_weights=weights), batch_size=8, seed=9, transfer="rows", **kwargs)
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    want = expected_rows(9, 0, kwargs["shuffle"], 8, kwargs.get("drop_last", True))
+    got, theirs = list(rows), list(arrays)
+    assert len(got) == len(theirs) == len(want)
+    for batch, other, indices in zip(got, theirs, want):
+        pad = [[0] * MAX_LENGTH] * (8 - len(indices))
+        assert np.asarray(batch[0]).tolist() == [windows[i][0] for i in indices] + pad
+        assert np.asarray(batch[1]).tolist() == [windows[i][1] for i in indices] + pad
+        assert len(batch) == len(other)
+        for mine, expected in zip(batch, other):
+            assert mine.dtype == expected.dtype and mine.sharding == expected.sharding
+            assert np.asarray(mine).tolist() == np.asarray(expected).tolist()
+
+
+def _bytes_moved(monkeypatch, loader, batches):
+    """Host bytes handed to jax.device_put while `batches` batches are served."""
+    real_put, moved = jax.device_put, []
+
+    def device_put(x, *args, **kwargs):
+        moved.extend(leaf.nbytes for leaf in jax.tree_util.tree_leaves(x) if isinstance(leaf, np.ndarray))
+        return real_put(x, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "device_put", device_put)
+    iterator = iter(loader)
+    for _ in range(batches):
+        next(iterator)
+    iterator.close()
+    return sum(moved)
+
+
+@pytest.mark.parametrize("transfer, most", [("rows", 2.1), ("arrays", 8.0)])
+def test_rows_transfer_moves_about_2_bytes_a_gpt2_token(monkeypatch, transfer, most):
+    tokens = (np.arange(20_000) * 7919 % 50257).astype(np.uint16)  # gpt2 ids, as the cache holds them
+    data = create_dataset(tokens=tokens, max_length=256, stride=256)
+    loader = create_dataloader(data, batch_size=8, seed=0, transfer=transfer)
+    per_token = _bytes_moved(monkeypatch, loader, 5) / (5 * 8 * 256)
+    assert 0 < per_token <= most
+    assert transfer == "arrays" or per_token == 2 * 257 / 256
+
+
+def test_transfer_defaults_to_arrays_on_cpu_devices():
+    loader = create_dataloader(dataset(), batch_size=4, seed=0)
+    assert loader.batches.transfer == "arrays" and "transfer='arrays'" in repr(loader)
+
+
+def test_a_bad_transfer_is_refused_with_the_choices():
+    with pytest.raises(ValueError) as raised:
+        create_dataloader(dataset(), batch_size=4, transfer="compact")
+    for word in ["transfer", "'compact'", "'rows'", "'arrays'"]:
+        assert word in str(raised.value)
