@@ -504,8 +504,9 @@ def test_rows_transfer_serves_the_same_batches_as_arrays(kwargs):
     weights = kwargs.pop("weights", False)
     if kwargs.get("mesh") == "2d":
         kwargs["mesh"] = mesh_2d()
-    arrays = create_dataloader(dataset(return_weights=weights), batch_size=8, seed=9, transfer="arrays", **kwargs)
-    rows = create_dataloader(dataset(return_weights=weights), batch_size=8, seed=9, transfer="rows", **kwargs)
+    data = dataset(return_weights=weights)
+    arrays = create_dataloader(data, batch_size=8, seed=9, transfer="arrays", **kwargs)
+    rows = create_dataloader(data, batch_size=8, seed=9, transfer="rows", **kwargs)
     windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
     want = expected_rows(9, 0, kwargs["shuffle"], 8, kwargs.get("drop_last", True))
     got, theirs = list(rows), list(arrays)

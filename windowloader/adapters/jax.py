@@ -230,8 +230,8 @@ class WindowDataLoader:
 
     def __repr__(self) -> str:
         return (
-            f"WindowDataLoader({self.cursor.order!r}, sharding={self.batches.rows}, prefetch={self.prefetch}, "
-            f"transfer={self.batches.transfer!r})"
+            f"WindowDataLoader({self.cursor.order!r}, sharding={self.batches.rows}, "
+            f"prefetch={self.prefetch}, transfer={self.batches.transfer!r})"
         )
 
 
