@@ -77,6 +77,8 @@ def test_the_sidecar_describes_the_bin(corpus_file, cache_dir, gpt2):
         "path": str(corpus_file.resolve()),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "inode": stat.st_ino,
     }
     assert meta["sources"][1]["chars"] == len("second doc")
 

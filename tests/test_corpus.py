@@ -185,12 +185,15 @@ def test_every_cut_point_keeps_the_ids_of_the_whole(name):
         assert pieces == encoding.encode_ordinary(text), (cut, text[:cut])
 
 
-def test_a_file_without_line_breaks_is_still_cut(tmp_path, cache, monkeypatch):
+def test_a_file_without_line_breaks_is_cut_between_words_never_inside_one(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(corpus, "_READ_BYTES", 16)
     monkeypatch.setattr(corpus, "_PIECE_CHARS", 16)
-    monkeypatch.setattr(corpus, "_MAX_PIECE_CHARS", 40)
-    text = "x" * 300
+    text = " ".join(f"word{i}" for i in range(60)) + " " + "x" * 300
     check(wl.tokenize_corpus(write(tmp_path / "one.txt", text), "bytes", cache_dir=cache), [text])
+    pieces = [piece for piece, _ in corpus._document(iter([text]), corpus.ReadStats())]
+    assert "".join(pieces) == text and len(pieces) > 10
+    assert all(piece.startswith(" ") for piece in pieces[1:]), pieces  # each cut just before a space
+    assert pieces[-1] == " " + "x" * 300  # no space in it: never cut
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

@@ -68,3 +68,12 @@ def boolean(name: str, value: object) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
     return bool(value)
+
+
+def non_negative_number(name: str, value: object) -> float:
+    """Returns `value` as a float if it is a real number >= 0 (not a bool), else raises."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds >= 0, got {value!r} ({type(value).__name__})")
+    if not value >= 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value}")
+    return float(value)

@@ -3,10 +3,12 @@ and reopens the result as an `np.memmap` in milliseconds ever after.
 
 `<key>.bin` holds raw token ids (uint16 when the vocabulary fits in 16 bits, else uint32, native
 byte order); `<key>.idx` each document's first offset (int64); `<key>.json` is written last and
-says what the other two hold. All are written to a temporary name, fsync'd and renamed, so a run
-killed halfway leaves nothing a later run trusts; a `.bin` that does not match its sidecar is
-rebuilt with a warning. Concurrent preparers of the
-same key take turns on a lock file, so the second finds the first's cache instead of redoing it.
+says what the other two hold, with a CRC-32 of every 4 MB chunk of both. All are written to a
+temporary name, fsync'd and renamed, so a run killed halfway leaves nothing a later run trusts.
+Opening a cache checks its sidecar field by field and every byte of both files against the
+checksums (docs/integrity.md): `tokenize_corpus` rebuilds a cache that fails with a warning,
+`TokenizedCorpus.open` raises. Concurrent preparers of the same key take turns on a lock file,
+so the second finds the first's cache instead of redoing it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -25,17 +29,19 @@ from pathlib import Path
 
 import numpy as np
 
-from windowloader import _checks, corpus, encode
+from windowloader import _checks, corpus, encode, integrity, sidecar
+from windowloader.integrity import CorruptCacheError
 from windowloader.segments import corpus_doc_starts
-from windowloader.tokenizer import ENDOFTEXT, encode as encode_special, load_tokenizer
+from windowloader.tokenizer import ENDOFTEXT, content_digest, encode as encode_special, load_tokenizer
 from windowloader.windows import TokenWindows
 
-FORMAT_VERSION = 2
-# Encoded into the key, so that two tokenizers with one name but different vocabularies differ.
+FORMAT_VERSION = 3
+# Encoded into the key beside the tokenizer's content digest: a tokenizer object of your own has
+# no content to hash, and its ids for this text stand in for it.
 _PROBE = "The quick brown fox, 1234 ünïcödé\n\tdef f(x):  return x  # 漢字 <|endoftext|>"
-# Sampled like TokenWindows.fingerprint: a whole-file hash would cost seconds on a GB cache.
-_CHECK_CHUNKS = 64
-_CHECK_CHUNK_BYTES = 4096
+# A preparer waiting for another's lock says who holds it this often (seconds).
+_LOCK_REPORT_S = 10.0
+_LOCK_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,13 @@ class TokenizedCorpus:
         """Opens the cache at `path` (the `.bin` that `tokenize_corpus` or `windowloader prepare`
         made) without looking at the sources again: constant time whatever the corpus.
 
+        Every byte of the `.bin` and `.idx` is checked against the checksums in the sidecar
+        first (about 0.5 s per GB; docs/integrity.md).
+
         Raises:
-            ValueError: there is no such cache, or the `.bin` does not match its sidecar.
+            CorruptCacheError: (a ValueError) a file's bytes differ from the build's checksums;
+                the message names the file, the chunk and its byte range.
+            ValueError: there is no such cache, or its sidecar is invalid or does not match it.
 
         Example:
             >>> import windowloader as wl
@@ -106,8 +117,20 @@ class TokenizedCorpus:
                 f"token cache {str(bin_path)!r} has no sidecar (.json): run windowloader prepare again"
             )
         if problem:
-            raise ValueError(f"token cache {str(bin_path)!r} is {problem}: run windowloader prepare again")
+            error = CorruptCacheError if problem.startswith(_CORRUPT) else ValueError
+            raise error(f"token cache {str(bin_path)!r} is {problem}: run windowloader prepare again")
         return _memmap(bin_path, meta, cached=True)
+
+    def verify(self) -> None:
+        """Checks every byte of the cache's files against the build's checksums again, now.
+
+        Raises:
+            CorruptCacheError: a chunk differs; the message names the file, the chunk and its
+                byte range. A running job should stop: the tokens it serves are not the corpus.
+        """
+        problem = _content_problem(self.path, self.meta)
+        if problem:
+            raise CorruptCacheError(f"token cache {str(self.path)!r} is {problem}: run windowloader prepare again")
 
     def windows(self, *, max_length: int, stride: int) -> TokenWindows:
         """`TokenWindows` over the memmap itself, with the document starts (when the cache records
@@ -126,13 +149,16 @@ def tokenize_corpus(
     text_field: str = "text",
     workers: int | None = None,
     progress: bool | None = None,
+    lock_timeout: float = 600.0,
 ) -> TokenizedCorpus:
     """Tokenizes `sources` into the token cache, or opens the cache made by an earlier call.
 
     Documents are joined with `separator` encoded by the tokenizer (gpt2's `<|endoftext|>` is
     one id, 50256). Text inside documents is encoded as ordinary text, special-token look-alikes
-    included. The cache key covers the tokenizer, the separator, `text_field` and each source
-    (path, size and mtime, or the text's hash): any change makes a new cache.
+    included. The cache key covers the tokenizer's content, the separator, `text_field` and each
+    source (path, size, mtime, ctime and inode, or the text's hash): any change makes a new
+    cache (docs/integrity.md). A cache found is checked in full before it is used, and rebuilt
+    with a warning if any byte differs from its build.
 
     Args:
         sources: a `str` (the text itself; split into documents at `separator`), a
@@ -146,6 +172,8 @@ def tokenize_corpus(
         text_field: the `.jsonl` field that holds a document's text.
         workers: encoding threads; default: the CPUs this process may use.
         progress: a tqdm progress bar (when tqdm is installed); default: when stderr is a terminal.
+        lock_timeout: seconds to wait for another process building the same cache (who holds
+            the lock is printed every 10 s) before giving up with a `TimeoutError`.
 
     Returns:
         A `TokenizedCorpus` whose `tokens` is a read-only memmap of the cache.
@@ -153,6 +181,7 @@ def tokenize_corpus(
     Raises:
         ValueError: a missing path, an empty corpus, an unusable `cache_dir`, a bad `.jsonl` line.
         TypeError: an argument of the wrong type.
+        TimeoutError: another process held the cache's lock for `lock_timeout` seconds.
 
     Example:
         >>> import windowloader as wl
@@ -167,6 +196,7 @@ def tokenize_corpus(
     if not isinstance(text_field, str) or not text_field:
         raise TypeError(f"text_field must be a non-empty str, got {text_field!r}: the default is 'text'")
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
+    lock_timeout = _checks.non_negative_number("lock_timeout", lock_timeout)
     directory = resolve_cache_dir(cache_dir)
     resolved = corpus.resolve(sources, suffixes=suffixes, text_field=text_field)
     tokenizer = load_tokenizer(tokenizer)  # after the sources: a missing file fails before a download
@@ -176,14 +206,15 @@ def tokenize_corpus(
     settings = {"separator": separator, "text_field": text_field, **_tokenizer_identity(tokenizer)}
     key = _key(settings, resolved)
     bin_path = directory / f"{key}.bin"
-    found = _open(bin_path)
+    found = _open(bin_path, settings, resolved, warn=False)
     if found is not None:
         return found
-    with _locked(directory / f"{key}.lock"):
+    with _locked(directory / f"{key}.lock", lock_timeout):
         # Another process may have finished this cache while we waited for the lock.
-        found = _open(bin_path)
+        found = _open(bin_path, settings, resolved, warn=True)
         if found is not None:
             return found
+        _remove_dead_temporaries(directory)
         meta = _build(
             bin_path,
             tokenizer,
@@ -224,8 +255,9 @@ def _tokenizer_identity(tokenizer) -> dict:
     probe = encode.encode_ordinary(tokenizer, _PROBE)
     vocab_size = getattr(tokenizer, "n_vocab", None)
     return {
-        "tokenizer": getattr(tokenizer, "name", type(tokenizer).__name__),
-        "vocab_size": vocab_size,
+        "tokenizer": str(getattr(tokenizer, "name", type(tokenizer).__name__)),
+        "tokenizer_digest": content_digest(tokenizer),
+        "vocab_size": vocab_size if isinstance(vocab_size, int) else None,
         "probe": hashlib.blake2b(probe.astype(np.int64).tobytes(), digest_size=8).hexdigest(),
     }
 
@@ -238,74 +270,120 @@ def _key(settings: dict, sources: list[corpus.Source]) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` where the platform has flock; renames keep Windows safe without."""
+def _locked(path: Path, timeout: float):
+    """An exclusive lock on `path` where the platform has flock; renames keep Windows safe without.
+
+    The kernel drops a dead holder's flock, so a lock left by a killed preparer is taken at once.
+    A live holder (busy, or stopped with SIGSTOP) is named on stderr every `_LOCK_REPORT_S`
+    seconds from the pid and time it wrote into the file, until `timeout` runs out.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: two preparers both build; the atomic renames still leave one file
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    with open(path, "a+") as handle:
+        start = next_report = time.monotonic()
+        next_report += _LOCK_REPORT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if now - start >= timeout:
+                    raise TimeoutError(
+                        f"token cache lock {str(path)!r} is still held by {_holder(handle)} after "
+                        f"{timeout:g} s: wait for that process, stop it, or pass a longer lock_timeout "
+                        "(--lock-timeout)"
+                    ) from None
+                if now >= next_report:
+                    print(f"windowloader: waiting for {_holder(handle)} to finish this cache ({str(path)!r})", file=sys.stderr)
+                    next_report = now + _LOCK_REPORT_S
+                time.sleep(_LOCK_POLL_S)
         try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n")
+            handle.flush()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _open(bin_path: Path) -> TokenizedCorpus | None:
-    """The cache at `bin_path` if its sidecar exists and the `.bin` matches it, else None."""
+def _holder(handle) -> str:
+    """'pid P on H since T', as the lock's holder wrote it, or what is known without it."""
+    handle.seek(0)
+    parts = handle.read(200).split()
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+        return "another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(parts[2])))
+    return f"pid {parts[0]} on {parts[1]} (since {since})"
+
+
+def _open(bin_path: Path, settings: dict, sources: list[corpus.Source], *, warn: bool) -> TokenizedCorpus | None:
+    """The cache at `bin_path` if its sidecar exists, describes these settings and sources, and
+    every byte matches its checksums; None otherwise (with a warning if `warn` and it is damaged)."""
     meta, problem = _check(bin_path)
     if meta is None:
         return None  # no sidecar: never finished, build again
+    if not problem and any(meta[name] != value for name, value in settings.items()):
+        problem = "described by a sidecar for another tokenizer or settings"
+    if not problem and meta["sources"] != [s.fingerprint() for s in sources]:
+        problem = "described by a sidecar for other sources"
     if problem:
-        warnings.warn(f"token cache {bin_path} is {problem}: rebuilding it", stacklevel=3)
+        if bin_path.with_suffix(".json").is_dir():  # a rename cannot replace it
+            raise ValueError(f"token cache {str(bin_path)!r} is {problem}: remove that folder")
+        if warn:
+            warnings.warn(f"token cache {bin_path} is {problem}: rebuilding it", stacklevel=3)
         return None
     return _memmap(bin_path, meta, cached=True)
 
 
+# The start of every problem that is a checksum mismatch (TokenizedCorpus.open's CorruptCacheError).
+_CORRUPT = "corrupt"
+
+
 def _check(bin_path: Path) -> tuple[dict | None, str | None]:
-    """The sidecar of `bin_path` (None when there is none) and what is wrong with the pair, if anything."""
-    try:
-        meta = json.loads(bin_path.with_suffix(".json").read_text())
-    except OSError:
-        return None, None
-    except ValueError as error:
-        return {}, f"described by an unreadable sidecar ({error})"
-    try:
-        return meta, _problem(bin_path, meta)
-    except (KeyError, TypeError, ValueError) as error:  # a sidecar from another program or version
-        return meta, f"described by an unreadable sidecar ({type(error).__name__}: {error})"
+    """The sidecar of `bin_path` (None when there is none) and what is wrong with the cache, if anything."""
+    meta, problem = sidecar.read(bin_path.with_suffix(".json"))
+    if meta is None or problem:
+        return meta, problem
+    return meta, sidecar.problem(meta, bin_path, FORMAT_VERSION) or _content_problem(bin_path, meta)
 
 
-def _problem(bin_path: Path, meta: dict) -> str | None:
-    if meta.get("format") != FORMAT_VERSION:
-        return f"format {meta.get('format')!r}, not {FORMAT_VERSION}"
-    expected = meta["tokens"] * np.dtype(meta["dtype"]).itemsize
-    try:
-        size = bin_path.stat().st_size
-    except OSError:
-        return "missing"
-    if size != expected:
-        return f"{size} bytes where its sidecar says {expected} (truncated or corrupt)"
-    if _checksum(bin_path, size) != meta["checksum"]:
-        return "corrupt (its sampled checksum does not match its sidecar)"
-    try:
-        index_size = bin_path.with_name(meta["doc_offsets"]).stat().st_size
-    except OSError:
-        return f"missing its document index {meta['doc_offsets']}"
-    if index_size != meta["documents"] * 8:
-        return f"beside a document index of {index_size} bytes where its sidecar says {meta['documents'] * 8}"
+def _content_problem(bin_path: Path, meta: dict) -> str | None:
+    """Sizes, every chunk's checksum, then the document index's values."""
+    index_path = bin_path.with_name(meta["doc_offsets"])
+    files = (
+        (bin_path, meta["tokens"] * np.dtype(meta["dtype"]).itemsize, meta["bin_sums"]),
+        (index_path, meta["documents"] * 8, meta["idx_sums"]),
+    )
+    for path, expected, sums in files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"missing its file {path.name}"
+        if size != expected:
+            return f"{_CORRUPT}: {path.name} has {size} bytes where its sidecar says {expected} (truncated or corrupt)"
+        chunk = integrity.first_mismatch(path, sums, meta["chunk_bytes"])
+        if chunk is not None:
+            where = integrity.describe_chunk(path, chunk, meta["chunk_bytes"])
+            return f"{_CORRUPT}: {where} differs from its checksum"
+    return _index_problem(np.fromfile(index_path, dtype=np.int64), meta)
+
+
+def _index_problem(offsets: np.ndarray, meta: dict) -> str | None:
+    """First offset 0, each after the one before, none past the end. Only an empty separator lets
+    two documents start at one offset, and only an empty last document starts at the end."""
+    steps = np.diff(offsets)
+    if offsets[0] != 0:
+        return f"{_CORRUPT}: its document index starts at {int(offsets[0])}, not 0"
+    if (steps < 0).any() or (meta["separator_tokens"] and (steps == 0).any()):
+        return f"{_CORRUPT}: its document index is not strictly increasing"
+    if offsets[-1] > meta["tokens"]:
+        return f"{_CORRUPT}: its document index holds offset {int(offsets[-1])}, beyond its {meta['tokens']} tokens"
     return None
-
-
-def _checksum(bin_path: Path, size: int) -> str:
-    digest = hashlib.blake2b(str(size).encode(), digest_size=8)
-    with open(bin_path, "rb") as file:
-        for start in np.unique(np.linspace(0, max(size - 1, 0), _CHECK_CHUNKS, dtype=np.int64)):
-            file.seek(int(start))
-            digest.update(file.read(_CHECK_CHUNK_BYTES))
-    return digest.hexdigest()
 
 
 def _memmap(bin_path: Path, meta: dict, *, cached: bool) -> TokenizedCorpus:
@@ -313,6 +391,10 @@ def _memmap(bin_path: Path, meta: dict, *, cached: bool) -> TokenizedCorpus:
     offsets = np.memmap(
         bin_path.with_name(meta["doc_offsets"]), dtype=np.int64, mode="r", shape=(meta["documents"],)
     )
+    if meta["chunk_bytes"] == integrity.CHUNK_BYTES and tokens.dtype == integrity.canonical_dtype(meta["max_id"]):
+        # The checksums just verified are the fingerprint's: states need no second pass.
+        fingerprint = integrity.fingerprint_from_sums(meta["tokens"], tokens.dtype, meta["bin_sums"])
+        integrity.remember(bin_path, tokens.dtype, fingerprint)
     return TokenizedCorpus(tokens=tokens, doc_offsets=offsets, path=bin_path, meta=meta, cached=cached)
 
 
@@ -320,9 +402,7 @@ def _build(
     bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, total_bytes: int, progress
 ) -> dict:
     """Tokenizes into temporary files and renames them into place, `.bin` first, sidecar last."""
-    vocab_size = settings["vocab_size"]
-    # uint16 when every id fits (gpt2's 50257 ids, nanoGPT's choice); an unknown vocabulary gets uint32.
-    dtype = np.dtype(np.uint16 if vocab_size is not None and vocab_size <= 1 << 16 else np.uint32)
+    dtype = sidecar.cache_dtype(settings["vocab_size"])
     separator_ids = np.asarray(
         encode_special(tokenizer, settings["separator"]) if settings["separator"] else [], dtype=np.int64
     )
@@ -340,7 +420,7 @@ def _build(
             open(index_temporary, "wb") as index_file,
             _progress_bar(total_bytes, progress) as bar,
         ):
-            documents, count = _write_tokens(
+            documents, count, max_id = _write_tokens(
                 tokens_file,
                 index_file,
                 tokenizer,
@@ -357,6 +437,10 @@ def _build(
                 os.fsync(file.fileno())
         if count == 0:
             raise ValueError("the corpus is empty: its documents hold no text")
+        if settings["vocab_size"] is not None and max_id >= settings["vocab_size"]:
+            raise ValueError(
+                f"token id {max_id} is outside the tokenizer's {settings['vocab_size']} ids: its n_vocab is wrong"
+            )
         meta = {
             "format": FORMAT_VERSION,
             **settings,
@@ -367,8 +451,12 @@ def _build(
             "separator_tokens": len(separator_ids),
             "bytes": stats.bytes_read,
             "replaced_chars": stats.replaced_chars,
+            "max_id": max_id,
             "sources": [s.fingerprint() for s in sources],
-            "checksum": _checksum(tokens_temporary, count * dtype.itemsize),
+            # Read back from what was written: the sums vouch for the bytes on disk.
+            "chunk_bytes": integrity.CHUNK_BYTES,
+            "bin_sums": integrity.file_sums(tokens_temporary),
+            "idx_sums": integrity.file_sums(index_temporary),
         }
         os.replace(tokens_temporary, bin_path)
         os.replace(index_temporary, index_path)
@@ -385,9 +473,9 @@ def _write_tokens(
     """Streams each unit's ids and document offsets to the two files; returns both counts.
 
     Offsets go to disk with their unit, so that a corpus of millions of documents keeps none of
-    them in memory.
+    them in memory. Returns the documents, the tokens and the largest id.
     """
-    documents = count = 0
+    documents = count = max_id = 0
     limit = np.iinfo(dtype).max
     pieces = corpus.pieces(
         sources, separator=settings["separator"], text_field=settings["text_field"], stats=stats
@@ -399,12 +487,15 @@ def _write_tokens(
                 if documents:
                     parts.append(separator_ids)
                     count += len(separator_ids)
+                    max_id = max(max_id, int(separator_ids.max(initial=0)))
                 offsets.append(count)
                 documents += 1
-            if len(ids) and ids.max() > limit:
+            largest = int(ids.max()) if len(ids) else 0
+            if largest > limit:
                 raise ValueError(
-                    f"token id {int(ids.max())} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong"
+                    f"token id {largest} does not fit the cache's {dtype.name}: the tokenizer's n_vocab is wrong"
                 )
+            max_id = max(max_id, largest)
             # Cast before joining: a unit's tokens are held once, at 2 or 4 bytes each.
             parts.append(ids.astype(dtype, copy=False))
             count += len(ids)
@@ -412,12 +503,36 @@ def _write_tokens(
         np.asarray(offsets, dtype=np.int64).tofile(index_file)
         bar.update(stats.bytes_read - bar.n)
         bar.set_postfix_str(f"{count:,} tokens", refresh=False)
-    return documents, count
+    return documents, count, max_id
 
 
 def _temporary(path: Path) -> Path:
-    """A name beside `path` that no other process uses and no reader trusts."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    """A name beside `path` that no other process uses and no reader trusts; it names the
+    writer's host and pid, so that a later build can tell a dead writer's leftovers."""
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(r"\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def _remove_dead_temporaries(directory: Path) -> None:
+    """Removes the temporary files of writers on this host that are no longer running (a
+    `kill -9` mid-build); a live writer's, and other hosts' on a shared folder, stay."""
+    for path in directory.glob(".*.tmp"):
+        match = _TEMPORARY.fullmatch(path.name)
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _write_atomically(path: Path, text: str) -> None:

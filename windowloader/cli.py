@@ -2,6 +2,7 @@
 
     windowloader [INPUT ...] --max-length 256 --stride 128 --batch-size 4
     windowloader prepare INPUT ... [--cache-dir DIR]
+    windowloader verify CACHE.bin
 
 INPUT is a text file, a directory (read recursively), a glob, a .jsonl or .parquet file (also
 .jsonl.gz/.zst, .txt.gz/.zst) or an fsspec URL (s3://bucket/prefix/*.parquet); with none, the
@@ -23,6 +24,7 @@ from pathlib import Path
 from windowloader.cache import TokenizedCorpus, tokenize_corpus
 from windowloader.corpus import check_paths
 from windowloader.formats import is_url
+from windowloader.integrity import CorruptCacheError
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import load_tokenizer
 from windowloader.windows import TokenWindows
@@ -44,7 +46,8 @@ presets (the specification's Configuration Guidelines; explicit flags win over a
 without a preset: max_length 256, stride 128, batch_size 4 (the specification's default)
 
 windowloader prepare INPUT ... [--tokenizer T] [--cache-dir DIR] tokenizes into the cache and
-prints the cache's path."""
+prints the cache's path. windowloader verify CACHE.bin checks every byte of a cache against its
+checksums: status 0 when intact, 1 when not."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,6 +91,12 @@ def _add_corpus_flags(parser: argparse.ArgumentParser) -> None:
         "--text-field", default="text", help="the .jsonl field or parquet column holding the text (default text)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--lock-timeout",
+        type=_non_negative_int,
+        default=600,
+        help="seconds to wait for another process preparing the same cache (default 600)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +156,15 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_verify_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="windowloader verify",
+        description="Checks every byte of a token cache against its checksums: status 0 if intact, 1 if not.",
+    )
+    parser.add_argument("cache", help="the cache's .bin (or its .json)")
+    return parser
+
+
 def default_corpus() -> str:
     """CPython's language reference topics (~465 KB of English), documents joined by <|endoftext|>."""
     from pydoc_data.topics import topics
@@ -155,27 +173,60 @@ def default_corpus() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    prepare = bool(argv) and argv[0] == "prepare"
-    args = (build_prepare_parser() if prepare else build_parser()).parse_args(argv[1:] if prepare else argv)
+    """Runs the command; every failure is one line on stderr: status 2, 130 for Ctrl-C."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            check_paths([source for source in _inputs(args) if isinstance(source, Path)])
-            tokenizer = _tokenizer(args.tokenizer)
-            corpus = _tokenize(args, tokenizer)
-        for warning in caught:
-            print(f"windowloader: warning: {warning.message}", file=sys.stderr)
-        if prepare:
-            print(corpus.path)
-            return 0
-        _plan(args, corpus, tokenizer)
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        print("windowloader: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `windowloader ... | head` stopped reading: nothing left to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's last flush does not fail too
         return 1
     except (_Failure, OSError, ValueError, TypeError, ImportError) as error:
         print(f"windowloader: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("windowloader: error: out of memory: use a smaller --batch-size or --max-length", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print("windowloader: error: an input is nested too deeply to read", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - the command's promise: one line, never a traceback
+        print(f"windowloader: error: unexpected {type(error).__name__}: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "verify":
+        return _verify(build_verify_parser().parse_args(argv[1:]).cache)
+    prepare = bool(argv) and argv[0] == "prepare"
+    args = (build_prepare_parser() if prepare else build_parser()).parse_args(argv[1:] if prepare else argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_paths([source for source in _inputs(args) if isinstance(source, Path)])
+        tokenizer = _tokenizer(args.tokenizer)
+        corpus = _tokenize(args, tokenizer)
+    for warning in caught:
+        print(f"windowloader: warning: {warning.message}", file=sys.stderr)
+    if prepare:
+        print(corpus.path)
+        return 0
+    _plan(args, corpus, tokenizer)
+    return 0
+
+
+def _verify(name: str) -> int:
+    """One line: the cache is intact (0), or what is wrong with it (1)."""
+    path = Path(name).with_suffix(".bin")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            corpus = TokenizedCorpus.open(path)
+    except (CorruptCacheError, ValueError, OSError) as error:
+        print(f"windowloader: verify: {error}")
+        return 1
+    size = corpus.tokens.nbytes + corpus.doc_offsets.nbytes
+    print(f"windowloader: verify: {path} is intact ({len(corpus):,} tokens, {size:,} bytes checked)")
     return 0
 
 
@@ -187,6 +238,7 @@ def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
         cache_dir=args.cache_dir,
         text_field=args.text_field,
         progress=False if args.quiet else None,
+        lock_timeout=args.lock_timeout,
     )
 
 
@@ -245,6 +297,14 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
             f"{config.max_length + 1:,}): pass a smaller --max-length or more text"
         )
     windows = corpus.windows(max_length=config.max_length, stride=config.stride)
+    framework = args.framework or ("torch" if importlib.util.find_spec("torch") else "numpy")
+    if framework == "jax" and not args.drop_last and config.batch_size > len(windows):
+        # JAX pads a partial batch to batch_size rows: this one would be mostly padding.
+        raise _Failure(
+            f"--batch-size {config.batch_size:,} is more than the corpus's {len(windows):,} windows, "
+            f"and --framework jax pads the last batch to --batch-size rows: pass --batch-size "
+            f"{len(windows):,} or less"
+        )
     order = BatchOrder(
         len(windows),
         batch_size=config.batch_size,
@@ -252,7 +312,6 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
         drop_last=args.drop_last,
         seed=args.seed,
     )
-    framework = args.framework or ("torch" if importlib.util.find_spec("torch") else "numpy")
     inputs, targets = next(_batches(framework, windows, order))
     _print_table(_rows(corpus, windows, order, config, framework, inputs, targets))
     for note in _notes(windows, order, corpus):

@@ -5,13 +5,15 @@ A source is text (a `str`), a file, a directory (read recursively), a glob patte
 (`s3://bucket/prefix/*.parquet`) or a Hugging Face dataset; `formats/` reads what is not plain
 local text. Files are read in sorted order so that the same sources
 give the same stream on every machine, and big files are read in pieces so that no file is ever
-held whole in memory.
+held whole in memory. Directories and globs are walked the same way: symlinked folders are
+followed, each real folder is entered once (no loop), and each real file (device, inode) is
+read once, under the first of its paths in sorted order.
 """
 
 from __future__ import annotations
 
 import codecs
-import glob
+import fnmatch
 import hashlib
 import json
 import os
@@ -56,17 +58,20 @@ _GLOB_CHARS = frozenset("*?[")
 # Files are read this many bytes at a time and handed on as pieces of about this many characters.
 _READ_BYTES = 1 << 20
 _PIECE_CHARS = 1 << 20
-# A piece with no safe cut point (a file without line breaks) is cut anyway beyond this size.
-_MAX_PIECE_CHARS = 16 << 20
 _REPLACEMENT_BYTES = "\ufffd".encode()
+# Where encoding two sides apart gives the ids of the whole (see `_cut_point`): after a lone line
+# break between two non-spaces, else before a space that follows a non-space.
 _SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+_WORD_CUT = re.compile(r"(?<=\S)(?= )")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
 class Source:
     """One resolved source: `text` for a string, else a `path` read as `kind` "file" or "jsonl".
 
-    `size` (bytes) and `mtime_ns` are taken once, when the source is resolved.
+    `size` (bytes), `mtime_ns`, `ctime_ns`, `device` and `inode` are taken once, when the source
+    is resolved.
     """
 
     kind: str
@@ -74,13 +79,24 @@ class Source:
     text: str | None = None
     size: int = 0
     mtime_ns: int = 0
+    ctime_ns: int = 0
+    device: int = 0
+    inode: int = 0
 
     def fingerprint(self) -> dict:
-        """What identifies this source in a cache key: path, size and mtime, or a text hash."""
+        """What identifies this source in a cache key: a text's hash; a file's path, size, mtime,
+        ctime and inode. An edit that restores size and mtime (`touch -r`, `cp -p`, `rsync -t`)
+        still changes the ctime (no user can set it) or the inode (a new file)."""
         if self.text is not None:
             digest = hashlib.blake2b(self.text.encode("utf-8", "surrogatepass"), digest_size=16)
             return {"text": digest.hexdigest(), "chars": len(self.text)}
-        return {"path": self.path, "size": self.size, "mtime_ns": self.mtime_ns}
+        return {
+            "path": self.path,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "ctime_ns": self.ctime_ns,
+            "inode": self.inode,
+        }
 
 
 @dataclass
@@ -143,27 +159,78 @@ def _warn_if_path(text: str) -> None:
 
 def _from_path(path: Path, suffixes: tuple[str, ...]) -> list[Source]:
     if _GLOB_CHARS & set(str(path)):
-        names = sorted(glob.glob(str(path), recursive=True))
-        files = [
-            _file(os.path.abspath(name), os.stat(name))
-            for name in names
-            if name.lower().endswith(suffixes) and os.path.isfile(name)
-        ]
-        if not files:
-            raise ValueError(f"glob {str(path)!r} matches no file ending in {', '.join(suffixes)}")
-        return files
-    if path.is_dir():
-        root = os.path.abspath(path)
-        # Sorted by relative path, so that the stream does not depend on the file system's order.
-        entries = sorted(
-            _walk(root, suffixes), key=lambda entry: entry.path[len(root) :].replace(os.sep, "/")
-        )
-        if not entries:
-            raise ValueError(f"directory {str(path)!r} holds no file ending in {', '.join(suffixes)}")
-        return [_file(entry.path, entry.stat()) for entry in entries]  # already absolute
-    if not path.is_file():
-        raise ValueError(_missing(path))
-    return [_file(os.path.abspath(path), path.stat())]
+        root, pattern = _split_glob(str(path))
+        files = _each_file_once(_matches(root, pattern, suffixes, include_hidden=False))
+        what = "glob {!r} matches"
+    elif path.is_dir():
+        files = _each_file_once(_matches(os.path.abspath(path), ["**"], suffixes, include_hidden=True))
+        what = "directory {!r} holds"
+    else:
+        if not path.is_file():
+            raise ValueError(_missing(path))
+        return [_file(os.path.abspath(path), path.stat())]
+    if not files:
+        raise ValueError(f"{what.format(str(path))} no file ending in {', '.join(suffixes)}")
+    return files
+
+
+def _split_glob(pattern: str) -> tuple[str, list[str]]:
+    """The folder before the first component with a wildcard, and the components from there."""
+    parts = pattern.split(os.sep)
+    first = next(i for i, part in enumerate(parts) if _GLOB_CHARS & set(part))
+    root = os.sep.join(parts[:first]) if first else ""
+    if not root and pattern.startswith(os.sep):
+        root = os.sep
+    return os.path.abspath(root or "."), [part for part in parts[first:] if part]
+
+
+def _matches(
+    root: str, pattern: list[str], suffixes: tuple[str, ...], *, include_hidden: bool
+) -> list[tuple[str, os.stat_result]]:
+    """The files under `root` matching `pattern` (components; "**" is any number of folders)
+    and ending in one of `suffixes`, sorted by path. Symlinked folders are followed; each real
+    folder is entered once per position in the pattern, so a symlink loop ends."""
+    found: list[tuple[str, os.stat_result]] = []
+    entered: set[tuple[int, int, int]] = set()
+
+    def visit(folder: str, position: int) -> None:
+        try:
+            identity = os.stat(folder)
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError:  # unreadable, or removed meanwhile
+            return
+        if (identity.st_dev, identity.st_ino, position) in entered:
+            return
+        entered.add((identity.st_dev, identity.st_ino, position))
+        part, last = pattern[position], position == len(pattern) - 1
+        if part == "**" and not last:
+            visit(folder, position + 1)  # "**" standing for no folder at all
+        for entry in entries:
+            if not include_hidden and entry.name.startswith(".") and not part.startswith("."):
+                continue
+            if part == "**" or fnmatch.fnmatchcase(entry.name, part):
+                if entry.is_dir():  # follows a symlink
+                    if part == "**" or not last:
+                        visit(entry.path, position if part == "**" else position + 1)
+                elif last and entry.name.lower().endswith(suffixes) and entry.is_file():
+                    found.append((entry.path, entry.stat()))
+
+    visit(root, 0)
+    # Sorted by path with "/" between folders, so that the stream does not depend on the file
+    # system's order or its separator.
+    return sorted(found, key=lambda item: item[0].replace(os.sep, "/"))
+
+
+def _each_file_once(found) -> list[Source]:
+    """A `Source` per real file (device, inode), under the first of its paths."""
+    seen: set[tuple[int, int]] = set()
+    files = []
+    for name, stat in found:
+        if (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            files.append(_file(name, stat))
+    return files
 
 
 def check_paths(paths: Sequence[Path]) -> None:
@@ -177,18 +244,16 @@ def _missing(path: Path) -> str:
     return f"input {str(path)!r} does not exist: check the path"
 
 
-def _walk(directory: str, suffixes: tuple[str, ...]) -> Iterator[os.DirEntry]:
-    """The matching files under `directory`; scandir, because a cache hit's cost is this walk."""
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):  # a symlinked folder could loop
-                yield from _walk(entry.path, suffixes)
-            elif entry.name.lower().endswith(suffixes) and entry.is_file():
-                yield entry
-
-
 def _file(path: str, stat: os.stat_result) -> Source:
-    return Source(formats.kind(path), path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    return Source(
+        formats.kind(path),
+        path=path,
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+        ctime_ns=stat.st_ctime_ns,
+        device=stat.st_dev,
+        inode=stat.st_ino,
+    )
 
 
 def pieces(
@@ -221,11 +286,9 @@ def _document(texts: Iterator[str], stats: ReadStats) -> Iterator[tuple[str, boo
     for text in texts:
         buffer += text
         while len(buffer) > _PIECE_CHARS:
-            cut = _cut_point(buffer, _PIECE_CHARS) or (
-                _MAX_PIECE_CHARS if len(buffer) > _MAX_PIECE_CHARS else 0
-            )
+            cut = _cut_point(buffer, _PIECE_CHARS)
             if not cut:
-                break  # no safe cut yet: wait for more text
+                break  # no safe cut yet: wait for more text (never cut where ids would change)
             yield buffer[:cut], first
             first, buffer = False, buffer[cut:]
     if buffer or first:
@@ -243,11 +306,16 @@ def split_for_encoding(text: str) -> Iterator[str]:
 
 
 def _cut_point(text: str, limit: int, start: int = 0) -> int:
-    """The last safe cut in `text[start:limit]`, else the first after `limit`, else 0.
+    """The last safe cut in `text[start:limit]`, else the first after `limit`, else 0: a line
+    cut if there is one, else a word cut.
 
-    A safe cut is just after a lone line break between two non-space characters: GPT-2's and
-    cl100k's pre-tokenizers make that break a token of its own or end the token before it with
-    it, so encoding both sides separately gives the same ids as encoding the whole.
+    A line cut is just after a lone line break between two non-space characters: GPT-2's,
+    cl100k's and o200k's pre-tokenizers make that break a token of its own or end the token
+    before it with it. A word cut is just before a space that follows a non-space: in those
+    pre-tokenizers a space is only ever the first character of a token or part of a run of
+    whitespace, so a token boundary always lies there. Either way, encoding both sides
+    separately gives the ids of encoding the whole. A text with neither (no space, no line
+    break) is never cut.
     """
     end = limit
     while (i := text.rfind("\n", start, end)) > start:
@@ -255,6 +323,14 @@ def _cut_point(text: str, limit: int, start: int = 0) -> int:
             return i + 1
         end = i
     match = _SAFE_CUT.search(text, limit)
+    if match and match.end() < len(text):
+        return match.end()
+    end = limit
+    while (i := text.rfind(" ", start, end)) > start:
+        if not text[i - 1].isspace():
+            return i
+        end = i
+    match = _WORD_CUT.search(text, limit)
     return match.end() if match and match.end() < len(text) else 0
 
 
@@ -294,9 +370,18 @@ def _field(line: str, text_field: str, path: str, number: int) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}:{number} is not valid JSON ({error.msg}): fix or remove the line") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{number} is nested too deeply to read: fix or remove the line") from None
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
         raise ValueError(
             f"{path}:{number} has no string field {text_field!r}: pass text_field= "
             "(--text-field) naming the field that holds the text"
         )
-    return record[text_field]
+    text = record[text_field]
+    # Only a \u escape can make a lone surrogate, which no tokenizer can encode as UTF-8.
+    if "\\u" in line and (surrogate := _SURROGATE.search(text)):
+        raise ValueError(
+            f"{path}:{number} holds a lone surrogate ({surrogate.group()!a}) in {text_field!r}, "
+            "which is not text: fix or remove the line"
+        )
+    return text

@@ -3,8 +3,14 @@ the byte tokenizer, or your own object."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import inspect
+import json
 import os
+import weakref
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +111,26 @@ def _tiktoken_file(path: Path):
     if not path.is_file():
         raise ValueError(f"tokenizer file {str(path)!r} does not exist")
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
     from tiktoken_ext import openai_public
 
-    ranks = load_tiktoken_bpe(str(path))
+    ranks = _read_ranks(path)
     # Vocabularies of 100k ids and more are cl100k-style and split text with its pattern.
     pat_str = _CL100K_PAT_STR if len(ranks) >= 100_000 else openai_public.r50k_pat_str
     return tiktoken.Encoding(
         name=path.stem, pat_str=pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: len(ranks)}
     )
+
+
+def _read_ranks(path: Path) -> dict[bytes, int]:
+    """The file's `base64-token rank` lines, read now: tiktoken's own loader keeps a copy of a
+    file it has read once under TIKTOKEN_CACHE_DIR and serves it after the file changes."""
+    try:
+        return {
+            base64.b64decode(token): int(rank)
+            for token, rank in (line.split() for line in path.read_bytes().splitlines() if line)
+        }
+    except ValueError as error:
+        raise ValueError(f"tokenizer file {str(path)!r} is not a .tiktoken rank file ({error})") from None
 
 
 class HFTokenizer:
@@ -139,7 +156,8 @@ class HFTokenizer:
                 "a tokenizer.json needs the tokenizers package: pip install 'windowloader[hf]'"
             ) from error
         self.path = path
-        self._tokenizer = Tokenizer.from_file(str(path))
+        self.content = path.read_bytes()  # the cache key hashes these bytes
+        self._tokenizer = Tokenizer.from_str(self.content.decode("utf-8"))
         self.name = path.parent.name if path.name == "tokenizer.json" and path.parent.name else path.stem
         self.n_vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.eot_token = self._tokenizer.token_to_id(ENDOFTEXT)
@@ -162,6 +180,35 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r})"
+
+
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def content_digest(tokenizer) -> str:
+    """A hash of what makes the tokenizer's ids: for tiktoken its mergeable ranks, special tokens
+    and pattern; for a Hugging Face tokenizer its `tokenizer.json` bytes; for `bytes` its
+    definition. Another object gets its class name (the cache key adds its ids for a probe text).
+    Memoized per object: hashing gpt2's 50k ranks takes ~50 ms."""
+    try:
+        return _DIGESTS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    digest = hashlib.blake2b(digest_size=16)
+    if isinstance(tokenizer, HFTokenizer):
+        digest.update(b"tokenizers:" + tokenizer.content)
+    elif isinstance(tokenizer, ByteTokenizer):
+        digest.update(f"bytes:utf-8 0-255, {ENDOFTEXT}=256".encode())
+    elif all(hasattr(tokenizer, name) for name in ("_mergeable_ranks", "_special_tokens", "_pat_str")):
+        digest.update(b"tiktoken:" + tokenizer._pat_str.encode("utf-8", "surrogatepass"))
+        digest.update(json.dumps(sorted(tokenizer._special_tokens.items())).encode())
+        for token, rank in sorted(tokenizer._mergeable_ranks.items(), key=itemgetter(1)):
+            digest.update(len(token).to_bytes(4, "little") + token + rank.to_bytes(8, "little"))
+    else:
+        digest.update(f"object:{type(tokenizer).__module__}.{type(tokenizer).__qualname__}".encode())
+    with contextlib.suppress(TypeError):  # an object weakref cannot hold is hashed each time
+        _DIGESTS[tokenizer] = digest.hexdigest()
+    return digest.hexdigest()
 
 
 def encode(tokenizer, text: str) -> list[int]:
