@@ -47,4 +47,5 @@ def _cuda_absent_skip(report) -> bool:
 def pytest_collection_modifyitems(items):
     """Runs the tests that fork DataLoader workers first: forking after JAX has started its
     backend threads (any JAX test does) may deadlock the child, as JAX itself warns."""
-    items.sort(key=lambda item: item.module.__name__ not in ("test_torch_adapter", "test_torch_device"))
+    first = ("test_torch_adapter", "test_torch_device", "test_torch_protocol")
+    items.sort(key=lambda item: item.module.__name__ not in first)

@@ -37,8 +37,10 @@ def expected_batches(
     rank=0,
     shuffle=True,
     drop_last=True,
+    pad_last=False,
 ):
-    """Rank `rank`'s batches over `epochs` epochs: [(inputs, targets), ...] as lists of ints."""
+    """Rank `rank`'s batches over `epochs` epochs: [(inputs, targets), ...] as lists of ints;
+    with `pad_last`, each batch padded to `batch_size` rows of zeros and followed by its mask."""
     windows = reference_windows(tokens, max_length, stride)
     global_size = batch_size * world_size
     batches = []
@@ -48,15 +50,21 @@ def expected_batches(
             rows = order[start : start + global_size]
             if len(rows) < global_size and drop_last:
                 break
-            share = [rows[r::world_size] for r in range(world_size)]  # sizes only, not the split
-            lo = sum(len(s) for s in share[:rank])
-            mine = rows[lo : lo + len(share[rank])]
-            batches.append(([windows[i][0] for i in mine], [windows[i][1] for i in mine]))
+            mine = rows[rank * batch_size : (rank + 1) * batch_size]
+            batch = ([windows[i][0] for i in mine], [windows[i][1] for i in mine])
+            if pad_last:
+                padding = [[0] * max_length] * (batch_size - len(mine))
+                batch = (batch[0] + padding, batch[1] + padding, [True] * len(mine) + [False] * len(padding))
+            batches.append(batch)
     return batches
 
 
 def as_lists(batches):
-    return [(x.tolist(), y.tolist()) for x, y, *_ in batches]
+    """(inputs, targets[, mask]) as lists; weights, when present, left out."""
+    return [
+        (x.tolist(), y.tolist(), *([rest[-1].tolist()] if rest and rest[-1].dtype == torch.bool else []))
+        for x, y, *rest in batches
+    ]
 
 
 def take(loader, n):
@@ -163,11 +171,18 @@ def test_a_loader_with_workers_moves_in_memory_tokens_before_it_starts():
 def test_ranks_concatenated_are_the_single_process_batches(world_size, drop_last):
     dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
     per_rank = 8 // world_size
-    single = expected_batches(TOKENS, L, STRIDE, 8, seed=4, epochs=2, drop_last=drop_last)
+    pad = not drop_last  # several ranks keep the last batch only padded to the same shape
+    single = expected_batches(TOKENS, L, STRIDE, 8, seed=4, epochs=2, drop_last=drop_last, pad_last=pad)
     ranks = []
     for rank in range(world_size):
         loader = create_dataloader(
-            dataset, batch_size=per_rank, seed=4, drop_last=drop_last, rank=rank, world_size=world_size
+            dataset,
+            batch_size=per_rank,
+            seed=4,
+            drop_last=drop_last,
+            pad_last=pad,
+            rank=rank,
+            world_size=world_size,
         )
         assert len(loader) == len(single) // 2  # every rank, the same number of batches per epoch
         batches = as_lists(take(loader, len(single)))
@@ -181,10 +196,11 @@ def test_ranks_concatenated_are_the_single_process_batches(world_size, drop_last
             world_size=world_size,
             rank=rank,
             drop_last=drop_last,
+            pad_last=pad,
         )
         ranks.append(batches)
     joined = [tuple([row for r in ranks for row in r[k][i]] for i in (0, 1)) for k in range(len(single))]
-    assert joined == single
+    assert joined == [batch[:2] for batch in single]
 
 
 @pytest.mark.parametrize(
@@ -228,7 +244,9 @@ def test_resume_anywhere_continues_the_same_global_sequence(consumed, before, af
     dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
     world, per_rank = before
     old = [
-        create_dataloader(dataset, batch_size=per_rank, seed=5, drop_last=drop_last, rank=r, world_size=world)
+        create_dataloader(
+            dataset, per_rank, seed=5, drop_last=drop_last, pad_last=not drop_last, rank=r, world_size=world
+        )
         for r in range(world)
     ]
     for loader in old:
@@ -239,12 +257,14 @@ def test_resume_anywhere_continues_the_same_global_sequence(consumed, before, af
     resumed = []
     for r in range(world):
         loader = create_dataloader(
-            dataset, batch_size=per_rank, seed=99, drop_last=drop_last, rank=r, world_size=world
+            dataset, per_rank, seed=99, drop_last=drop_last, pad_last=not drop_last, rank=r, world_size=world
         )
         loader.load_state_dict(states[0])
         resumed.append(as_lists(take(loader, 3)))
-    joined = [tuple([row for r in resumed for row in r[k][i]] for i in (0, 1)) for k in range(3)]
-    single = expected_batches(TOKENS, L, STRIDE, 8, seed=5, epochs=3, drop_last=drop_last)
+    joined = [tuple([row for r in resumed for row in r[k][i]] for i in range(3 - drop_last)) for k in range(3)]
+    single = expected_batches(
+        TOKENS, L, STRIDE, 8, seed=5, epochs=3, drop_last=drop_last, pad_last=not drop_last
+    )
     assert joined == single[consumed : consumed + 3]
 
 

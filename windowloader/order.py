@@ -30,8 +30,9 @@ class BatchOrder:
         n_windows: how many windows there are.
         batch_size: the global batch size, a multiple of `world_size`.
         shuffle: a new permutation each epoch, else the windows in order.
-        drop_last: drop the last global batch when it is partial. When it is kept, it is
-            split into `world_size` contiguous slices as even as `np.array_split` makes them.
+        drop_last: drop the last global batch when it is partial. When it is kept, each rank
+            still takes its `batch_size / world_size` positions of it, so the later ranks' slices
+            are short or empty (the adapters pad them).
         seed: the seed of every epoch's permutation; `None` draws one now, once.
         rank, world_size: which slice of each global batch this process takes.
 
@@ -147,4 +148,7 @@ class BatchOrder:
     def _rank_slice(self, rows: np.ndarray) -> np.ndarray:
         if self.world_size == 1:
             return rows
-        return np.array_split(rows, self.world_size)[self.rank]
+        # Rank r's batch_size/world_size rows from r on: a partial last batch (drop_last=False)
+        # leaves the later ranks short or empty, which is what a loader pads to full size.
+        per_rank = self.batch_size // self.world_size
+        return rows[self.rank * per_rank : (self.rank + 1) * per_rank]

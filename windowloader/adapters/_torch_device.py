@@ -15,10 +15,11 @@ import torch
 
 
 class DeviceTransfer:
-    """Turns host batches (`rows`, `weights` numpy arrays) into device tensors, one batch ahead.
+    """Turns host batches (`rows`, `weights`, `mask`: numpy arrays or None) into device tensors,
+    one batch ahead.
 
-    Yields `(inputs, targets[, weights])`: int64 `(batch, max_length)` views of one int64 rows
-    tensor on `device`, then float32 weights. Batch k+1's copy is issued before batch k is
+    Yields `(inputs, targets[, weights][, mask])`: int64 `(batch, max_length)` views of one int64
+    rows tensor on `device`, then float32 weights, then the bool mask of a padded batch. Batch k+1's copy is issued before batch k is
     handed out, so on CUDA it overlaps the step that trains on batch k.
     """
 
@@ -38,7 +39,7 @@ class DeviceTransfer:
 
     def _start(self, host) -> tuple[torch.Tensor, ...]:
         """Issues the copy of one batch (on the side stream on CUDA) and the split and cast."""
-        parts = [host.rows] if host.weights is None else [host.rows, host.weights]
+        parts = [part for part in (host.rows, host.weights, host.mask) if part is not None]
         if self.stream is None:
             return _split([_host_to_device(part, self.device) for part in parts])
         pinned = [torch.from_numpy(part).pin_memory() for part in parts]

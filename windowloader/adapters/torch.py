@@ -13,10 +13,13 @@ Example:
 from __future__ import annotations
 
 import itertools
+import os
+import sys
+import warnings
 
 try:
     import torch
-    from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+    from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError(
         "windowloader.adapters.torch needs PyTorch: pip install 'windowloader[torch]'"
@@ -25,6 +28,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 import numpy as np
 
 from windowloader import _checks
+from windowloader.adapters._accelerate import check_accelerator
 from windowloader.adapters._torch_device import DeviceTransfer, check_device
 from windowloader.order import BatchOrder
 from windowloader.source import check_dataset_type, windows_from_arguments, windows_from_text
@@ -97,17 +101,26 @@ class GPTDatasetV1(Dataset):
         of the same shape when `return_weights`; in a worker, a `_WorkerBatch` instead."""
         if not isinstance(indices, _BatchGroup):
             return [self[int(index)] for index in indices]
+        pad_to = indices.pad_to
         if get_worker_info() is not None:
-            return _BatchGroup(self._worker_batch(batch) for batch in indices)
-        return _BatchGroup(self._tensors(batch) for batch in indices)
+            return _BatchGroup(_WorkerBatch(*self._rows(batch, None, pad_to)) for batch in indices)
+        return _BatchGroup(self._tensors(batch, pad_to) for batch in indices)
 
-    def _tensors(self, indices: np.ndarray) -> tuple[torch.Tensor, ...]:
-        weights = self.windows.weights(indices) if self.return_weights else None
-        return _as_tensors(self.windows.gather_rows(indices, np.int64), weights)
+    def _tensors(self, indices: np.ndarray, pad_to: int | None = None) -> tuple[torch.Tensor, ...]:
+        return _as_tensors(*self._rows(indices, np.int64, pad_to))
 
-    def _worker_batch(self, indices: np.ndarray) -> _WorkerBatch:
+    def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
+        """The batch's rows (in `dtype`, None: the tokens' own) and weights (None unless
+        `return_weights`); with `pad_to`, both padded to `pad_to` rows with zeros, and the mask
+        of the real rows (else None)."""
+        rows = self.windows.gather_rows(indices, dtype)
         weights = self.windows.weights(indices) if self.return_weights else None
-        return _WorkerBatch(self.windows.gather_rows(indices), weights)
+        if pad_to is None:
+            return rows, weights, None
+        if len(rows) < pad_to:
+            rows = _pad_rows(rows, pad_to)
+            weights = None if weights is None else _pad_rows(weights, pad_to)
+        return rows, weights, np.arange(pad_to) < len(indices)
 
     def __reduce__(self):
         # How a DataLoader worker started by spawn/forkserver receives the dataset (fork shares
@@ -139,7 +152,12 @@ class GPTDatasetV1(Dataset):
 
 class _BatchGroup(list):
     """Consecutive batches (their indices, then their data) that travel as one worker message;
-    also what tells `__getitems__` that `create_dataloader`, not a plain DataLoader, is asking."""
+    also what tells `__getitems__` that `create_dataloader`, not a plain DataLoader, is asking,
+    and to how many rows (`pad_to`) each batch is padded, if any."""
+
+    def __init__(self, batches=(), pad_to: int | None = None) -> None:
+        super().__init__(batches)
+        self.pad_to = pad_to
 
 
 class _WorkerBatch:
@@ -149,22 +167,33 @@ class _WorkerBatch:
     (16, 1025) batch). The main process makes the tensors: in the pin-memory thread when pinning,
     else as the loader hands the batch out."""
 
-    def __init__(self, rows: np.ndarray, weights: np.ndarray | None) -> None:
-        self.rows, self.weights = rows, weights
+    def __init__(self, rows: np.ndarray, weights: np.ndarray | None, mask: np.ndarray | None) -> None:
+        self.rows, self.weights, self.mask = rows, weights, mask
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return _as_tensors(self.rows.astype(np.int64), self.weights)
+        return _as_tensors(self.rows.astype(np.int64), self.weights, self.mask)
 
     def pin_memory(self, device=None) -> tuple[torch.Tensor, ...]:
         """Called by DataLoader's pin-memory thread."""
         return tuple(tensor.pin_memory() for tensor in self.tensors())
 
 
-def _as_tensors(rows: np.ndarray, weights: np.ndarray | None) -> tuple[torch.Tensor, ...]:
-    """(inputs, targets[, weights]): inputs and targets view one int64 `rows` buffer."""
+def _as_tensors(
+    rows: np.ndarray, weights: np.ndarray | None, mask: np.ndarray | None
+) -> tuple[torch.Tensor, ...]:
+    """(inputs, targets[, weights][, mask]): inputs and targets view one int64 `rows` buffer."""
     # Sliced in numpy, then wrapped: slicing a tensor costs ~2.5 µs here, a numpy view ~0.4 µs.
     batch = (torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:]))
-    return batch if weights is None else (*batch, torch.from_numpy(weights))
+    if weights is not None:
+        batch += (torch.from_numpy(weights),)
+    return batch if mask is None else (*batch, torch.from_numpy(mask))
+
+
+def _pad_rows(part: np.ndarray, rows: int) -> np.ndarray:
+    """`part` followed by zero rows, `rows` in all."""
+    padded = np.zeros((rows, *part.shape[1:]), dtype=part.dtype)
+    padded[: len(part)] = part
+    return padded
 
 
 def _dataset_from_windows(windows: TokenWindows, return_weights: bool) -> GPTDatasetV1:
@@ -214,20 +243,58 @@ def create_dataset(
 
 
 class WindowBatchSampler(Sampler):
-    """Yields this rank's window indices for each batch left in the loader's current epoch, in
-    `_BatchGroup`s of `group` consecutive batches (one batch without workers)."""
+    """`loader.batch_sampler`: this rank's window indices for each batch left in the loader's
+    current epoch, sent in `_BatchGroup`s of `group` consecutive batches (one without workers)."""
 
-    def __init__(self, cursor: Cursor, group: int = 1) -> None:
-        self.cursor = cursor
+    def __init__(self, loader: WindowDataLoader, group: int = 1) -> None:
+        self.loader = loader
         self.group = group
+        self.sampler = WindowSampler(loader)
+
+    batch_size = property(lambda self: self.loader.batch_size)
+    drop_last = property(lambda self: self.loader.drop_last)
 
     def __iter__(self):
-        batches = self.cursor.order.batches(self.cursor.epoch, self.cursor.step)
+        batches, pad_to = self.loader._rank_batches(), self.loader._pad_to
         while chunk := list(itertools.islice(batches, self.group)):
-            yield _BatchGroup(chunk)
+            yield _BatchGroup(chunk, pad_to)
 
     def __len__(self) -> int:
-        return len(self.cursor.order)
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+
+class WindowSampler(DistributedSampler):
+    """`loader.sampler`: this rank's window indices for the rest of the current epoch, one by one.
+
+    A `DistributedSampler` because it is one (it serves this rank's share): Lightning and Fabric
+    then keep the loader as it is instead of re-building it around a sampler of their own, and
+    their `set_epoch` calls reach the loader. Its attributes read the loader's current values."""
+
+    def __init__(self, loader: WindowDataLoader) -> None:  # no super().__init__: nothing to hold
+        self.loader = loader
+
+    num_replicas = property(lambda self: self.loader.world_size)
+    rank = property(lambda self: self.loader.rank)
+    epoch = property(lambda self: self.loader.cursor.epoch)
+    shuffle = property(lambda self: self.loader.cursor.order.shuffle)
+    seed = property(lambda self: self.loader.cursor.order.seed)
+    drop_last = property(lambda self: self.loader.drop_last)
+
+    def __iter__(self):
+        for indices in self.loader._rank_batches():
+            yield from indices.tolist()
+
+    def __len__(self) -> int:
+        """This rank's windows in an epoch: full batches, then what the last one holds (padding
+        rows are not windows)."""
+        order = self.loader._sync_ranks()
+        return (len(order) - 1) * self.loader.batch_size + len(order.batch(0, len(order) - 1))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
 
 
 class WindowDataLoader(DataLoader):
@@ -235,23 +302,93 @@ class WindowDataLoader(DataLoader):
     `load_state_dict()` resume with the very next batch.
 
     Iterating again continues where the last iteration stopped; after a whole epoch, the next
-    iteration is the next epoch (a new permutation when shuffling). `len(loader)` is the number
-    of batches per epoch, the same on every rank.
+    iteration is the next epoch (a new permutation when shuffling). A `restart=True` loader (see
+    `create_eval_dataloader`) starts every iteration from the first batch of its epoch instead.
+    `len(loader)` is the number of batches per epoch, the same on every rank.
+
+    Unless `rank`/`world_size` were given, they are read from `torch.distributed` each time the
+    loader starts an iteration (or reports its length or state), so a loader built before
+    `init_process_group`, or before Lightning, Fabric or Accelerate start their processes,
+    shards correctly; `loader.rank` and `loader.world_size` say what it uses now.
     """
 
+    # Accelerate's save_state/load_state go through state_dict/load_state_dict of a loader that
+    # says it is stateful (and `_is_accelerate_prepared` below keeps `prepare` from wrapping it).
+    use_stateful_dataloader = True
+
     def __init__(
-        self, dataset: GPTDatasetV1, cursor: Cursor, device: torch.device | None = None, **kwargs
+        self,
+        dataset: GPTDatasetV1,
+        cursor: Cursor,
+        *,
+        batch_size: int,
+        ranks: tuple[int, int] | None,
+        seed_given: bool,
+        pad_last: bool,
+        restart: bool,
+        device: torch.device | None = None,
+        **kwargs,
     ) -> None:
         if device is not None:
             kwargs["pin_memory"] = False  # the rows are pinned compact, not as int64 tensors
         collate_fn = kwargs.get("collate_fn")
         kwargs["collate_fn"] = _batch_as_is if collate_fn is None else _CollateTensors(collate_fn)
-        group = _group_size(dataset, cursor.order) if kwargs.get("num_workers", 0) else 1
-        super().__init__(dataset, batch_sampler=WindowBatchSampler(cursor, group), **kwargs)
+        group = _group_size(dataset, batch_size) if kwargs.get("num_workers", 0) else 1
         self.cursor = cursor
         self.device = device
+        self.pad_last = pad_last
+        self.restart = restart
+        self._ranks = ranks  # given explicitly, else None: torch.distributed's, read at each use
+        self._seed_given = seed_given
+        self._len_assumed: int | None = None  # len() reported for a world size only assumed
+        super().__init__(dataset, batch_sampler=WindowBatchSampler(self, group), **kwargs)
+        # DataLoader leaves these at None/False/a SequentialSampler when given a batch sampler and
+        # refuses to set them later; readers (Accelerate, Lightning, logging) expect what a plain
+        # DataLoader with this batch size would hold.
+        object.__setattr__(self, "batch_size", batch_size)
+        object.__setattr__(self, "drop_last", cursor.order.drop_last)
+        object.__setattr__(self, "sampler", self.batch_sampler.sampler)
+        self._sync_ranks()
+
+    @property
+    def rank(self) -> int:
+        return self._sync_ranks().rank
+
+    @property
+    def world_size(self) -> int:
+        return self._sync_ranks().world_size
+
+    @property
+    def _pad_to(self) -> int | None:
+        return self.batch_size if self.pad_last else None
+
+    @property
+    def _is_accelerate_prepared(self) -> bool:
+        """Read by `Accelerator.prepare_data_loader`: True makes `prepare` return this loader as
+        it is. Accelerate's own wrapper would shard it a second time (it already serves only this
+        rank's rows), restart every epoch at epoch 0 and resume at batch 0; the Accelerator's
+        options that would change what a batch holds are refused instead."""
+        check_accelerator(sys._getframe(1).f_locals.get("self"))
+        return True
+
+    @_is_accelerate_prepared.setter
+    def _is_accelerate_prepared(self, value: bool) -> None:
+        """Accelerate marks what it prepared; this loader is ready either way."""
+
+    def __len__(self) -> int:
+        """Batches per epoch on every rank. Before `torch.distributed` is initialized it counts
+        for the world size assumed until then (`loader.world_size`: a launcher's WORLD_SIZE, else
+        1); iterating later on more ranks warns that the length changed."""
+        order = self._sync_ranks()
+        if self._ranks is None and not _launched_ranks()[2]:
+            self._len_assumed = len(order)
+        return len(order)
 
     def __iter__(self):
+        self._sync_ranks()
+        if self.restart:
+            self.cursor.step = 0
+        epoch = self.cursor.epoch
         in_process = self.num_workers == 0 and not self.pin_memory
         if self.device is not None:
             rows = self._rows_in_process() if in_process else self._rows_from_workers()
@@ -262,18 +399,25 @@ class WindowDataLoader(DataLoader):
         for batch in batches:
             self.cursor.advance()
             yield batch
+        if self.restart:  # the next iteration serves the same epoch from its start again
+            self.cursor.epoch, self.cursor.step = epoch, 0
+
+    def _rank_batches(self):
+        """This rank's window indices for each batch left in the current epoch."""
+        return self.cursor.order.batches(self.cursor.epoch, self.cursor.step)
 
     def _batches_in_process(self):
         # DataLoader's single-process loop gives these same batches, but its profiler scope,
         # fetcher and this adapter's batch groups cost ~10-20 µs a batch here, as much as
         # gathering a (16, 1025) batch itself.
-        gather, collate = self.dataset._tensors, self.collate_fn
-        for indices in self.cursor.order.batches(self.cursor.epoch, self.cursor.step):
-            yield gather(indices) if collate is _batch_as_is else collate(_BatchGroup([gather(indices)]))[0]
+        gather, collate, pad_to = self.dataset._tensors, self.collate_fn, self._pad_to
+        for indices in self._rank_batches():
+            batch = gather(indices, pad_to)
+            yield batch if collate is _batch_as_is else collate(_BatchGroup([batch]))[0]
 
     def _rows_in_process(self):
-        rows, cursor = self.dataset._worker_batch, self.cursor
-        return (rows(indices) for indices in cursor.order.batches(cursor.epoch, cursor.step))
+        rows, pad_to = self.dataset._rows, self._pad_to
+        return (_WorkerBatch(*rows(indices, None, pad_to)) for indices in self._rank_batches())
 
     def _rows_from_workers(self):
         for group in super().__iter__():
@@ -284,21 +428,86 @@ class WindowDataLoader(DataLoader):
             for batch in group:
                 yield batch.tensors() if isinstance(batch, _WorkerBatch) else batch
 
+    def set_epoch(self, epoch: int) -> None:
+        """Serves epoch `epoch` from its first batch on, as `DistributedSampler.set_epoch` does,
+        unless the loader already stands in that epoch or a later one: a loader restored from a
+        state, or one that has just finished epoch `epoch - 1`, keeps its place. So the calls
+        Lightning, Fabric and Accelerate users make each epoch never replay or skip a batch, and
+        a new loader (`reload_dataloaders_every_n_epochs`) given `set_epoch(e)` serves epoch e."""
+        epoch = _checks.non_negative_int("epoch", epoch)
+        if epoch > self.cursor.epoch:
+            self.cursor.epoch, self.cursor.step = epoch, 0
+
     def state_dict(self) -> dict:
         """Epoch, batches delivered in it, seed, global batch size and corpus/config checks:
-        plain values that `torch.save` and `json.dumps` take."""
+        plain values that `torch.save` and `json.dumps` take (`windowloader.state_to_arrays`
+        gives orbax's StandardSave a form of numbers only)."""
+        self._sync_ranks()
         return self.cursor.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         """Continues from `state`, saved by this or another windowloader loader (JAX included),
-        with any world size whose global batch (`batch_size × world_size`) is the same."""
+        with any world size whose global batch (`batch_size × world_size`) is the same; the
+        array form of `windowloader.state_to_arrays` is taken too."""
+        order = self._sync_ranks()
+        saved = state.get("global_batch_size") if isinstance(state, dict) else None
+        if self._ranks is None and not _launched_ranks()[2] and saved not in (None, order.batch_size):
+            raise ValueError(
+                f"state was saved with global_batch_size={saved!r}, and this loader has batch_size="
+                f"{self.batch_size} on the world_size={order.world_size} it assumes while torch."
+                "distributed is not initialized: load the state after init_process_group (or after "
+                "Lightning/Fabric/Accelerate start), or pass rank= and world_size= to create_dataloader"
+            )
         self.cursor.load_state_dict(state)
 
     def batch_windows(self, epoch: int, step: int) -> np.ndarray:
         """The window indices (into the whole corpus) of batch `step` of `epoch` on this rank,
         computed without moving the loader; `dataset.windows.window_start(i)` gives each one's
         token offset, to trace a loss spike back to its text."""
-        return self.cursor.order.batch(epoch, step)
+        return self._sync_ranks().batch(epoch, step)
+
+    def _sync_ranks(self) -> BatchOrder:
+        """The cursor's order for the rank and world size in force now (see the class doc)."""
+        rank, world_size = self._ranks or _launched_ranks()[:2]
+        order = self.cursor.order
+        if (rank, world_size) != (order.rank, order.world_size):
+            self.cursor.order = order = self._reorder(order, rank, world_size)
+        if world_size > 1 and not (order.drop_last or self.pad_last) and order.n_windows % order.batch_size:
+            raise ValueError(
+                f"drop_last=False on world_size={world_size} ranks: the last global batch holds "
+                f"{order.n_windows % order.batch_size} of {order.batch_size} windows, so ranks would get "
+                "batches of different sizes (some none); pass pad_last=True to pad it to batch_size rows "
+                "on every rank with a mask (the last tensor of each batch), or drop_last=True"
+            )
+        return order
+
+    def _reorder(self, order: BatchOrder, rank: int, world_size: int) -> BatchOrder:
+        if self.cursor.step:
+            raise RuntimeError(
+                f"this loader served {self.cursor.step} batches of epoch {self.cursor.epoch} as rank "
+                f"{order.rank} of {order.world_size}, and torch.distributed now says rank {rank} of "
+                f"{world_size}: start iterating after init_process_group, or pass rank= and world_size="
+            )
+        if world_size > 1 and order.shuffle and not self._seed_given:
+            raise ValueError(_seedless_shuffle(world_size))
+        new = BatchOrder(
+            order.n_windows,
+            batch_size=self.batch_size * world_size,
+            shuffle=order.shuffle,
+            drop_last=order.drop_last,
+            seed=order.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        if self._len_assumed not in (None, len(new)):
+            warnings.warn(
+                f"len(loader) was {self._len_assumed} batches, counted for world_size={order.world_size} "
+                f"before torch.distributed was initialized; on {world_size} ranks an epoch has "
+                f"{len(new)} batches per rank",
+                stacklevel=3,
+            )
+        self._len_assumed = None
+        return new
 
 
 def create_dataloader(
@@ -311,6 +520,8 @@ def create_dataloader(
     *,
     rank: int | None = None,
     world_size: int | None = None,
+    pad_last: bool = False,
+    restart: bool = False,
     device=None,
     **dataloader_kwargs,
 ) -> WindowDataLoader:
@@ -319,10 +530,17 @@ def create_dataloader(
     `batch_size` is per rank (the DDP convention): the global batch is `batch_size × world_size`
     consecutive windows of the epoch's order and rank r takes slice r, so the global sequence of
     batches does not depend on the world size. `rank`/`world_size` default to
-    `torch.distributed`'s when it is initialized, else 0 and 1. Each batch is read with one
-    gather; `num_workers`, `persistent_workers`, `prefetch_factor` and `pin_memory` give the same
-    batches as `num_workers=0`. `seed=None` draws a seed once, now (it must be given when
-    shuffling on several ranks); iterating again after an epoch starts the next epoch.
+    `torch.distributed`'s, read when iteration starts (a launcher's RANK/WORLD_SIZE before the
+    process group exists, else 0 and 1). Each batch is read with one gather; `num_workers`,
+    `persistent_workers`, `prefetch_factor` and `pin_memory` give the same batches as
+    `num_workers=0`. `seed=None` draws a seed once, now (it must be given when shuffling on
+    several ranks); iterating again after an epoch starts the next epoch.
+
+    `pad_last=True` (with `drop_last=False`) pads the last partial global batch with zero rows
+    so that every rank gets `batch_size` rows, and appends `mask`, bool `(batch_size,)`, False on
+    padding rows (whose weights are 0), to every batch; several ranks with `drop_last=False` need
+    it. `restart=True` starts every iteration from the epoch's first batch, for evaluation (see
+    `create_eval_dataloader`).
 
     `device="cuda"` (or "cuda:1", ...) yields the tensors on that device: each batch moves once
     as its rows in the tokens' dtype (2 bytes a token for gpt2, not 16), from pinned memory on a
@@ -346,7 +564,14 @@ def create_dataloader(
     for name in ("batch_sampler", "sampler", "batch_size", "shuffle", "drop_last"):
         if name in dataloader_kwargs:
             raise TypeError(f"create_dataloader sets {name} itself: remove it from the keyword arguments")
-    _checks.boolean("shuffle", shuffle)
+    for name, value in (("shuffle", shuffle), ("drop_last", drop_last), ("pad_last", pad_last), ("restart", restart)):
+        _checks.boolean(name, value)
+    if pad_last and drop_last:
+        raise ValueError("pad_last=True pads the last partial batch, which drop_last=True drops: pass drop_last=False")
+    ranks = None if rank is None and world_size is None else _given_ranks(rank, world_size)
+    first_rank, first_world_size = ranks or _launched_ranks()[:2]
+    if shuffle and seed is None and first_world_size > 1:
+        raise ValueError(_seedless_shuffle(first_world_size))
     if device is not None:
         device = check_device(device)
         if dataloader_kwargs.get("collate_fn") is not None:
@@ -354,51 +579,101 @@ def create_dataloader(
                 "device= moves windowloader's own batches, not a collate_fn's: pass device=None "
                 "and move the collated batch yourself, or drop collate_fn"
             )
-    rank, world_size = _rank_and_world_size(rank, world_size)
-    if shuffle and seed is None and world_size > 1:
-        raise ValueError(
-            f"seed is None with shuffle=True on world_size={world_size} ranks: each rank would draw "
-            "its own order; pass the same seed=<int> on every rank"
-        )
     if num_workers:
         dataset._share_tokens()  # before the cursor takes the windows: the move is then complete
     order = BatchOrder(
         len(dataset),
-        batch_size=batch_size * world_size,
+        batch_size=batch_size * first_world_size,
         shuffle=shuffle,
         drop_last=drop_last,
         seed=seed,
-        rank=rank,
-        world_size=world_size,
+        rank=first_rank,
+        world_size=first_world_size,
     )
     return WindowDataLoader(
-        dataset, Cursor(dataset.windows, order), device, num_workers=num_workers, **dataloader_kwargs
+        dataset,
+        Cursor(dataset.windows, order),
+        batch_size=batch_size,
+        ranks=ranks,
+        seed_given=seed is not None,
+        pad_last=pad_last,
+        restart=restart,
+        device=device,
+        num_workers=num_workers,
+        **dataloader_kwargs,
     )
 
 
-def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """The arguments when given (both or neither), else torch.distributed's, else (0, 1)."""
-    if (rank is None) != (world_size is None):
+def create_eval_dataloader(
+    dataset: GPTDatasetV1, batch_size: int = 4, num_workers: int = 0, **kwargs
+) -> WindowDataLoader:
+    """A loader for validation and test: every iteration serves the windows in corpus order from
+    the first, each exactly once, whatever the world size, however an earlier iteration ended
+    (a sanity check, `limit_val_batches`, a `break`).
+
+    It is `create_dataloader(shuffle=False, drop_last=False, pad_last=True, restart=True)`: each
+    batch is `(inputs, targets[, weights], mask)`, the last one padded with zero rows that `mask`
+    marks False, so a loss summed over `mask` (or `weights`) counts every window once. Other
+    keyword arguments (`rank`, `world_size`, `return_weights` datasets, DataLoader options) pass
+    through.
+
+    Example:
+        >>> from windowloader.adapters.torch import create_dataset, create_eval_dataloader
+        >>> dataset = create_dataset(tokens=list(range(1, 15)), max_length=4, stride=2)
+        >>> [mask.tolist() for _, _, mask in create_eval_dataloader(dataset, batch_size=3)]
+        [[True, True, True], [True, True, False]]
+    """
+    for name in ("shuffle", "drop_last", "pad_last", "restart", "seed"):
+        if name in kwargs:
+            raise TypeError(f"create_eval_dataloader sets {name} itself: use create_dataloader to choose it")
+    return create_dataloader(
+        dataset,
+        batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        seed=0,
+        pad_last=True,
+        restart=True,
+        **kwargs,
+    )
+
+
+def _seedless_shuffle(world_size: int) -> str:
+    return (
+        f"seed is None with shuffle=True on world_size={world_size} ranks: each rank would draw "
+        "its own order; pass the same seed=<int> on every rank"
+    )
+
+
+def _given_ranks(rank, world_size) -> tuple[int, int]:
+    if rank is None or world_size is None:
         raise ValueError(
             f"rank={rank!r} and world_size={world_size!r}: pass both, or neither to use "
             "torch.distributed's (or a single process)"
         )
-    if rank is not None:
-        world_size = _checks.positive_int("world_size", world_size)
-        rank = _checks.non_negative_int("rank", rank)
-        if rank >= world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        return rank, world_size
+    world_size = _checks.positive_int("world_size", world_size)
+    rank = _checks.non_negative_int("rank", rank)
+    if rank >= world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    return rank, world_size
+
+
+def _launched_ranks() -> tuple[int, int, bool]:
+    """(rank, world_size, known): torch.distributed's when its process group exists, else the
+    RANK and WORLD_SIZE a launcher (torchrun, Lightning, Accelerate) sets, else 0 of 1, assumed."""
     distributed = torch.distributed
     if distributed.is_available() and distributed.is_initialized():
-        return distributed.get_rank(), distributed.get_world_size()
-    return 0, 1
+        return distributed.get_rank(), distributed.get_world_size(), True
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), True
+    return 0, 1, False
 
 
-def _group_size(dataset: GPTDatasetV1, order: BatchOrder) -> int:
+def _group_size(dataset: GPTDatasetV1, batch_size: int) -> int:
     """Batches per worker message: about _GROUP_BYTES of rows in the tokens' dtype."""
     windows = dataset.windows
-    batch_bytes = order.batch_size // order.world_size * (windows.max_length + 1) * windows.tokens.itemsize
+    batch_bytes = batch_size * (windows.max_length + 1) * windows.tokens.itemsize
     return max(1, min(_MAX_GROUP, _GROUP_BYTES // batch_bytes))
 
 
