@@ -215,3 +215,11 @@ def test_accelerate_options_that_would_cut_batches_are_refused(dataset, option, 
     finally:
         AcceleratorState._reset_state(True)
     assert np.array_equal(next(iter(loader))[0], next(iter(create_dataloader(dataset, batch_size=4, seed=0)))[0])
+
+
+def test_padded_batches_moved_to_a_device_keep_their_mask(dataset):
+    host = create_eval_dataloader(dataset, batch_size=16)
+    moved = create_eval_dataloader(dataset, batch_size=16, device="cpu")  # the device path, on CPU
+    for ours, theirs in zip(moved, host, strict=True):
+        assert [t.dtype for t in ours] == [torch.int64, torch.int64, torch.bool]
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

@@ -3,7 +3,7 @@
 `prepare` returns the loader as it is (see `WindowDataLoader._is_accelerate_prepared`): it already
 serves each process its own rows, resumes through `state_dict` and starts new epochs. Options of
 the `Accelerator` that would have Accelerate cut or send batches are refused here, by name, instead
-of being ignored. Accelerate itself is never imported: the caller is recognized by its class.
+of being ignored; its device placement becomes the loader's `device`. Accelerate itself is never imported: the caller is recognized by its class.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 
 
-def check_accelerator(caller: object) -> None:
-    """Raises if `caller` is an `accelerate.Accelerator` whose options this loader cannot honour."""
+def check_accelerator(caller: object):
+    """Raises if `caller` is an `accelerate.Accelerator` whose options this loader cannot honour;
+    else returns the device it would put batches on (None: CPU, or not placing, or no Accelerator)."""
     accelerate = sys.modules.get("accelerate")
     if accelerate is None or not isinstance(caller, accelerate.Accelerator):
-        return
+        return None
     if caller.split_batches:
         raise ValueError(
             "Accelerator(split_batches=True) cuts each batch of the loader across processes, but a "
@@ -28,3 +29,6 @@ def check_accelerator(caller: object) -> None:
             "slices, but a windowloader loader reads each process's own rows: leave dispatch_batches "
             "unset (DataLoaderConfiguration(dispatch_batches=None))"
         )
+    if caller.device_placement and caller.device.type != "cpu":
+        return caller.device
+    return None

@@ -103,11 +103,14 @@ class GPTDatasetV1(Dataset):
             return [self[int(index)] for index in indices]
         pad_to = indices.pad_to
         if get_worker_info() is not None:
-            return _BatchGroup(_WorkerBatch(*self._rows(batch, None, pad_to)) for batch in indices)
+            return _BatchGroup(self._worker_batch(batch, pad_to) for batch in indices)
         return _BatchGroup(self._tensors(batch, pad_to) for batch in indices)
 
     def _tensors(self, indices: np.ndarray, pad_to: int | None = None) -> tuple[torch.Tensor, ...]:
         return _as_tensors(*self._rows(indices, np.int64, pad_to))
+
+    def _worker_batch(self, indices: np.ndarray, pad_to: int | None = None) -> _WorkerBatch:
+        return _WorkerBatch(*self._rows(indices, None, pad_to))
 
     def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
         """The batch's rows (in `dtype`, None: the tokens' own) and weights (None unless
@@ -367,8 +370,16 @@ class WindowDataLoader(DataLoader):
         """Read by `Accelerator.prepare_data_loader`: True makes `prepare` return this loader as
         it is. Accelerate's own wrapper would shard it a second time (it already serves only this
         rank's rows), restart every epoch at epoch 0 and resume at batch 0; the Accelerator's
-        options that would change what a batch holds are refused instead."""
-        check_accelerator(sys._getframe(1).f_locals.get("self"))
+        options that would change what a batch holds are refused instead, and batches go to the
+        device it places them on."""
+        device = check_accelerator(sys._getframe(1).f_locals.get("self"))
+        if device is not None and self.device is None:
+            if self.collate_fn is not _batch_as_is:
+                raise ValueError(
+                    f"Accelerate places batches on {device}, and this loader's collate_fn makes batches "
+                    "windowloader cannot move: move them yourself with Accelerator(device_placement=False)"
+                )
+            self.device = check_device(device)
         return True
 
     @_is_accelerate_prepared.setter
@@ -416,8 +427,8 @@ class WindowDataLoader(DataLoader):
             yield batch if collate is _batch_as_is else collate(_BatchGroup([batch]))[0]
 
     def _rows_in_process(self):
-        rows, pad_to = self.dataset._rows, self._pad_to
-        return (_WorkerBatch(*rows(indices, None, pad_to)) for indices in self._rank_batches())
+        rows, pad_to = self.dataset._worker_batch, self._pad_to
+        return (rows(indices, pad_to) for indices in self._rank_batches())
 
     def _rows_from_workers(self):
         for group in super().__iter__():
