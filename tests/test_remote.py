@@ -61,7 +61,7 @@ def local_corpus(tmp_path) -> Path:
     pq.write_table(pa.table({"text": DOCUMENTS[:20]}), root / "a.parquet", row_group_size=6)
     lines = "".join(json.dumps({"text": text}) + "\n" for text in DOCUMENTS[20:])
     (root / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
-    (root / "c.txt.gz").write_bytes(gzip.compress("a plain text document\n".encode()))
+    (root / "c.txt.gz").write_bytes(gzip.compress(b"a plain text document\n"))
     return root
 
 
