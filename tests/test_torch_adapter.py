@@ -446,3 +446,21 @@ def test_the_pin_memory_thread_makes_pinned_tensors_of_a_worker_message(monkeypa
     assert all(isinstance(batch, tuple) and len(batch) == 3 for batch in out)
     tensors = [tensor for batch in out for tensor in batch]
     assert len(tensors) == len(pinned) == 3 * 24 and all(t is p for t, p in zip(tensors, pinned))
+
+
+@pytest.mark.parametrize("dataset_type", ["gpt_v1", "packed_docs"])
+def test_workers_give_the_same_document_batches_as_no_workers(dataset_type):
+    # Here, not in test_documents.py: DataLoader workers fork before any JAX test starts.
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 50000, 600).astype(np.uint16)
+    starts = np.unique(rng.integers(0, 600, 30))
+    starts[0], tokens[starts] = 0, 50256
+    kwargs = dict(tokens=tokens, doc_starts=starts, max_length=16, stride=8)
+    if dataset_type == "gpt_v1":
+        kwargs.update(return_segments=True)
+    dataset = create_dataset(dataset_type, **kwargs)
+    expected = list(create_dataloader(dataset, batch_size=4, seed=1))
+    got = list(create_dataloader(dataset, batch_size=4, seed=1, num_workers=2))
+    assert len(got) == len(expected) and len(got[0]) == len(expected[0]) >= 4
+    for a, b in zip(expected, got, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

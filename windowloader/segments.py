@@ -85,3 +85,19 @@ def expand_runs(n_rows: int, max_length: int, rows: np.ndarray, columns: np.ndar
         n_rows, max_length
     )
     return segment_ids, positions
+
+
+def cu_seqlens(segment_ids: np.ndarray) -> np.ndarray:
+    """Cumulative sequence lengths over the flattened batch, int32, for varlen attention kernels
+    (flash-attn's `cu_seqlens`): 0, then the end of each run of one segment id in a row, the
+    padding run included (its loss weighs 0). A sequence never spans two rows.
+
+    >>> cu_seqlens(np.array([[1, 1, 2], [1, 2, 0]])).tolist()
+    [0, 2, 3, 4, 5, 6]
+    """
+    segment_ids = np.asarray(segment_ids)
+    if segment_ids.ndim != 2:
+        raise ValueError(f"segment_ids must be 2-D (batch, max_length), got shape {segment_ids.shape}")
+    opens = np.ones(segment_ids.shape, dtype=bool)
+    opens[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return np.append(np.flatnonzero(opens), segment_ids.size).astype(np.int32)

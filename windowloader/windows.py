@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import mmap
 from dataclasses import dataclass
 from functools import cached_property
@@ -72,8 +73,13 @@ class TokenWindows:
         # Never the default: it would pickle the window view materialized (every overlap copied).
         # A memmap travels as its file location and is reopened on arrival, so a DataLoader or
         # grain worker maps the same page cache instead of receiving a copy of the tokens.
-        source = memmap_source(self.tokens)
-        return (_reopen, (source or self.tokens, self.max_length, self.stride, self.doc_starts))
+        return (reopen, (memmap_source(self.tokens) or self.tokens, self.recipe()))
+
+    def recipe(self) -> functools.partial:
+        """A picklable callable that makes these windows over other tokens (the same ones moved)."""
+        return functools.partial(
+            TokenWindows, max_length=self.max_length, stride=self.stride, doc_starts=self.doc_starts
+        )
 
     def window_start(self, index: int) -> int:
         """The offset in `tokens` of window `index`'s first input token."""
@@ -168,7 +174,6 @@ def memmap_source(tokens: np.ndarray) -> MemmapSource | None:
     return MemmapSource(str(tokens.filename), mapping_start + into_mapping, tokens.dtype.str, len(tokens))
 
 
-def _reopen(tokens, max_length: int, stride: int, doc_starts=None) -> TokenWindows:
-    if isinstance(tokens, MemmapSource):
-        tokens = tokens.open()
-    return TokenWindows(tokens, max_length=max_length, stride=stride, doc_starts=doc_starts)
+def reopen(tokens, recipe):
+    """Unpickles windows or packed rows: `recipe` over the tokens, a memmap mapped again."""
+    return recipe(tokens.open() if isinstance(tokens, MemmapSource) else tokens)

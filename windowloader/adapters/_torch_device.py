@@ -15,11 +15,12 @@ import torch
 
 
 class DeviceTransfer:
-    """Turns host batches (`rows`, `weights`, `mask`: numpy arrays or None) into device tensors,
-    one batch ahead.
+    """Turns host batches (`rows`, `extras`, `mask`: numpy arrays, a tuple of them, None) into
+    device tensors, one batch ahead.
 
-    Yields `(inputs, targets[, weights][, mask])`: int64 `(batch, max_length)` views of one int64
-    rows tensor on `device`, then float32 weights, then the bool mask of a padded batch. Batch k+1's copy is issued before batch k is
+    Yields `(inputs, targets[, weights][, segment_ids, positions][, mask])`: int64
+    `(batch, max_length)` views of one int64 rows tensor on `device`, then the extras as they
+    are, then the bool mask of a padded batch. Batch k+1's copy is issued before batch k is
     handed out, so on CUDA it overlaps the step that trains on batch k.
     """
 
@@ -39,7 +40,7 @@ class DeviceTransfer:
 
     def _start(self, host) -> tuple[torch.Tensor, ...]:
         """Issues the copy of one batch (on the side stream on CUDA) and the split and cast."""
-        parts = [part for part in (host.rows, host.weights, host.mask) if part is not None]
+        parts = [host.rows, *host.extras] + ([] if host.mask is None else [host.mask])
         if self.stream is None:
             return _split([_host_to_device(part, self.device) for part in parts])
         pinned = [torch.from_numpy(part).pin_memory() for part in parts]

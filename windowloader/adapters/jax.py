@@ -31,7 +31,8 @@ import numpy as np
 
 from windowloader import _checks
 from windowloader.order import BatchOrder
-from windowloader.source import check_dataset_type, windows_from_arguments
+from windowloader.packing import PackedRows
+from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments
 from windowloader.state import Cursor
 from windowloader.windows import TokenWindows
 
@@ -44,17 +45,23 @@ TRANSFERS = ("arrays", "rows")
 
 
 class WindowDataset:
-    """The windows of one token stream, as `create_dataset` makes them for this adapter."""
+    """The windows (or packed rows) of one token stream, as `create_dataset` makes them here."""
 
-    def __init__(self, windows: TokenWindows, *, return_weights: bool = False) -> None:
+    def __init__(
+        self, windows: TokenWindows | PackedRows, *, return_weights: bool = False, return_segments: bool = False
+    ) -> None:
         self.windows = windows
         self.return_weights = _checks.boolean("return_weights", return_weights)
+        self.return_segments = _checks.boolean("return_segments", return_segments)
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __repr__(self) -> str:
-        return f"WindowDataset({self.windows!r}, return_weights={self.return_weights})"
+        return (
+            f"WindowDataset({self.windows!r}, return_weights={self.return_weights}, "
+            f"return_segments={self.return_segments})"
+        )
 
 
 def create_dataset(
@@ -65,11 +72,17 @@ def create_dataset(
     tokens=None,
     max_length: int = 256,
     stride: int = 128,
-    return_weights: bool = False,
+    return_weights: bool | None = None,
+    doc_starts=None,
+    return_segments: bool | None = None,
 ) -> WindowDataset:
-    """Builds a dataset from text (`txt` + `tokenizer`, gpt2 when None) or token ids (`tokens`).
+    """Builds a dataset from text (`txt` + `tokenizer`, gpt2 when None) or token ids (`tokens`,
+    or a `TokenizedCorpus`, which brings its document starts).
 
-    `return_weights=True` adds predict-once loss weights (`TokenWindows.weights`) to each batch.
+    `return_weights=True` adds predict-once loss weights (`TokenWindows.weights`) to each batch;
+    `return_segments=True` (with `doc_starts` or `tokens=corpus`) adds int32 `segment_ids` and
+    `positions` after them. `dataset_type="packed_docs"` serves document-aligned rows that always
+    carry both (see the torch adapter's `create_dataset`; the two give the same values).
 
     Example:
         >>> from windowloader.adapters.jax import create_dataset
@@ -77,18 +90,27 @@ def create_dataset(
         5
     """
     check_dataset_type(dataset_type)
-    _checks.boolean("return_weights", return_weights)  # before the tokenizing, not after
+    # Before the tokenizing, not after.
+    return_weights, return_segments = batch_parts(dataset_type, return_weights, return_segments)
     windows = windows_from_arguments(
-        txt=txt, tokenizer=tokenizer, tokens=tokens, max_length=max_length, stride=stride
+        dataset_type,
+        txt=txt,
+        tokenizer=tokenizer,
+        tokens=tokens,
+        max_length=max_length,
+        stride=stride,
+        doc_starts=doc_starts,
+        return_segments=return_segments,
     )
-    return WindowDataset(windows, return_weights=return_weights)
+    return WindowDataset(windows, return_weights=return_weights, return_segments=return_segments)
 
 
 class ShardedBatches:
     """Builds global batches as jax.Arrays from their window indices, reading only this process's rows.
 
-    Batch layout: `(inputs, targets[, weights][, mask])`. `inputs`/`targets` are `dtype`,
-    `weights` float32, all `(batch_size, max_length)` sharded `P(data_axis, None)`; `mask` is
+    Batch layout: `(inputs, targets[, weights][, segment_ids, positions][, mask])`.
+    `inputs`/`targets` are `dtype`, `weights` float32, `segment_ids`/`positions` int32, all
+    `(batch_size, max_length)` sharded `P(data_axis, None)`; `mask` is
     bool `(batch_size,)` sharded `P(data_axis)`, present whenever `drop_last=False`, False on
     the zero rows that pad the last partial batch (whose weights are 0 too).
 
@@ -101,7 +123,7 @@ class ShardedBatches:
         self, dataset: WindowDataset, order: BatchOrder, mesh: Mesh, data_axis, dtype, transfer: str
     ) -> None:
         self.windows, self.order, self.dtype, self.transfer = dataset.windows, order, dtype, transfer
-        self.return_weights = dataset.return_weights
+        self.return_weights, self.return_segments = dataset.return_weights, dataset.return_segments
         self.with_mask = not order.drop_last
         self.rows = NamedSharding(mesh, PartitionSpec(data_axis, None))
         self.mask_sharding = NamedSharding(mesh, PartitionSpec(data_axis))
@@ -134,6 +156,8 @@ class ShardedBatches:
             parts = list(self.windows.gather(indices, dtype=self.dtype))
         if self.return_weights:
             parts.append(self.windows.weights(indices))
+        if self.return_segments:
+            parts.extend(self.windows.segments(indices))
         if valid is not None:
             parts = [_pad_rows(part, valid) for part in parts]
         if self.with_mask:
@@ -380,7 +404,7 @@ def create_dataloader(
     dtype=jnp.int32,
     transfer: str | None = None,
 ) -> WindowDataLoader:
-    """A loader of global batches `(inputs, targets[, weights][, mask])` sharded over `mesh`.
+    """A loader of global batches `(inputs, targets[, weights][, segment_ids, positions][, mask])` sharded over `mesh`.
 
     Args:
         dataset: from `windowloader.adapters.jax.create_dataset`.

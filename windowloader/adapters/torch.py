@@ -31,8 +31,10 @@ from windowloader import _checks
 from windowloader.adapters._accelerate import check_accelerator
 from windowloader.adapters._torch_device import DeviceTransfer, check_device
 from windowloader.order import BatchOrder
-from windowloader.source import check_dataset_type, windows_from_arguments, windows_from_text
+from windowloader.segments import cu_seqlens as _cu_seqlens
+from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments, windows_from_text
 from windowloader.state import Cursor
+from windowloader.packing import PackedRows
 from windowloader.windows import TokenWindows, memmap_source
 
 # Workers send batches in groups of about this many bytes: each message through a worker's
@@ -55,6 +57,9 @@ class GPTDatasetV1(Dataset):
         max_length: tokens per window (the context length).
         stride: tokens between the starts of consecutive windows.
         return_weights: add a third tensor, the predict-once weights (`TokenWindows.weights`).
+
+    Built by `create_dataset` with segments, each sample and batch also carries int32
+    `segment_ids` and `positions` (`TokenWindows.segments`) after the weights.
     """
 
     def __init__(
@@ -72,14 +77,17 @@ class GPTDatasetV1(Dataset):
         return cls.from_windows(windows, return_weights=return_weights)
 
     @classmethod
-    def from_windows(cls, windows: TokenWindows, *, return_weights: bool = False) -> GPTDatasetV1:
+    def from_windows(
+        cls, windows: TokenWindows | PackedRows, *, return_weights: bool = False, return_segments: bool = False
+    ) -> GPTDatasetV1:
         dataset = cls.__new__(cls)
-        dataset._set(windows, return_weights)
+        dataset._set(windows, return_weights, return_segments)
         return dataset
 
-    def _set(self, windows: TokenWindows, return_weights: bool) -> None:
+    def _set(self, windows: TokenWindows | PackedRows, return_weights: bool, return_segments: bool = False) -> None:
         self.windows = windows
         self.return_weights = _checks.boolean("return_weights", return_weights)
+        self.return_segments = _checks.boolean("return_segments", return_segments)
         self._shared_bytes: torch.Tensor | None = None  # the tokens, once moved to shared memory
 
     def __len__(self) -> int:
@@ -87,10 +95,9 @@ class GPTDatasetV1(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         inputs, targets = self.windows[index]
+        _, extras, _ = self._rows([index % len(self)], None, None)
         item = (torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64)))
-        if self.return_weights:
-            item += (torch.from_numpy(self.windows.weights([index])[0]),)
-        return item
+        return item + tuple(torch.from_numpy(extra[0]) for extra in extras)
 
     def __getitems__(self, indices) -> list | _BatchGroup:
         """Torch's batched-fetch hook. From a plain `DataLoader`'s sampler (a list of indices)
@@ -98,7 +105,8 @@ class GPTDatasetV1(Dataset):
         stacks them as usual. From `create_dataloader`'s sampler (a `_BatchGroup` of batches'
         indices) it returns each batch from one gather: int64 `(len(batch), max_length)` inputs
         and targets (views of one `(len(batch), max_length + 1)` tensor), then float32 weights
-        of the same shape when `return_weights`; in a worker, a `_WorkerBatch` instead."""
+        of the same shape when `return_weights`, then int32 segment_ids and positions when
+        `return_segments`; in a worker, a `_WorkerBatch` instead."""
         if not isinstance(indices, _BatchGroup):
             return [self[int(index)] for index in indices]
         pad_to = indices.pad_to
@@ -113,29 +121,30 @@ class GPTDatasetV1(Dataset):
         return _WorkerBatch(*self._rows(indices, None, pad_to))
 
     def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
-        """The batch's rows (in `dtype`, None: the tokens' own) and weights (None unless
-        `return_weights`); with `pad_to`, both padded to `pad_to` rows with zeros, and the mask
-        of the real rows (else None)."""
+        """The batch's rows (in `dtype`, None: the tokens' own) and extras (`[weights][,
+        segment_ids, positions]`); with `pad_to`, all padded to `pad_to` rows with zeros, and
+        the mask of the real rows (else None)."""
         rows = self.windows.gather_rows(indices, dtype)
-        weights = self.windows.weights(indices) if self.return_weights else None
+        extras = (self.windows.weights(indices),) if self.return_weights else ()
+        if self.return_segments:
+            extras += self.windows.segments(indices)
         if pad_to is None:
-            return rows, weights, None
+            return rows, extras, None
         if len(rows) < pad_to:
             rows = _pad_rows(rows, pad_to)
-            weights = None if weights is None else _pad_rows(weights, pad_to)
-        return rows, weights, np.arange(pad_to) < len(indices)
+            extras = tuple(_pad_rows(extra, pad_to) for extra in extras)
+        return rows, extras, np.arange(pad_to) < len(indices)
 
     def __reduce__(self):
         # How a DataLoader worker started by spawn/forkserver receives the dataset (fork shares
         # it copy-on-write without pickling). A memmap travels as its path; in-memory tokens move
         # once into shared memory, which torch.multiprocessing's pickler sends as a handle.
         self._share_tokens()
+        parts = (self.return_weights, self.return_segments)
         if self._shared_bytes is None:
-            return (_dataset_from_windows, (self.windows, self.return_weights))
-        windows = self.windows
-        dtype = windows.tokens.dtype.str
-        args = (self._shared_bytes, dtype, windows.max_length, windows.stride, self.return_weights)
-        return (_dataset_from_shared_bytes, args)
+            return (_dataset_from_windows, (self.windows, *parts))
+        dtype = self.windows.tokens.dtype.str
+        return (_dataset_from_shared_bytes, (self._shared_bytes, dtype, self.windows.recipe(), *parts))
 
     def _share_tokens(self) -> None:
         """Moves in-memory tokens into shared memory, once; a memmap is already shareable."""
@@ -145,12 +154,15 @@ class GPTDatasetV1(Dataset):
         # As bytes: torch lacks some numpy integer dtypes, and the dtype travels beside them.
         shared_bytes = torch.from_numpy(tokens.view(np.uint8)).share_memory_()
         moved = _dataset_from_shared_bytes(
-            shared_bytes, tokens.dtype.str, self.windows.max_length, self.windows.stride, self.return_weights
+            shared_bytes, tokens.dtype.str, self.windows.recipe(), self.return_weights, self.return_segments
         )
         self.windows, self._shared_bytes = moved.windows, moved._shared_bytes
 
     def __repr__(self) -> str:
-        return f"GPTDatasetV1({self.windows!r}, return_weights={self.return_weights})"
+        return (
+            f"GPTDatasetV1({self.windows!r}, return_weights={self.return_weights}, "
+            f"return_segments={self.return_segments})"
+        )
 
 
 class _BatchGroup(list):
@@ -170,11 +182,11 @@ class _WorkerBatch:
     (16, 1025) batch). The main process makes the tensors: in the pin-memory thread when pinning,
     else as the loader hands the batch out."""
 
-    def __init__(self, rows: np.ndarray, weights: np.ndarray | None, mask: np.ndarray | None) -> None:
-        self.rows, self.weights, self.mask = rows, weights, mask
+    def __init__(self, rows: np.ndarray, extras: tuple[np.ndarray, ...], mask: np.ndarray | None) -> None:
+        self.rows, self.extras, self.mask = rows, extras, mask
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return _as_tensors(self.rows.astype(np.int64), self.weights, self.mask)
+        return _as_tensors(self.rows.astype(np.int64), self.extras, self.mask)
 
     def pin_memory(self, device=None) -> tuple[torch.Tensor, ...]:
         """Called by DataLoader's pin-memory thread."""
@@ -182,13 +194,12 @@ class _WorkerBatch:
 
 
 def _as_tensors(
-    rows: np.ndarray, weights: np.ndarray | None, mask: np.ndarray | None
+    rows: np.ndarray, extras: tuple[np.ndarray, ...], mask: np.ndarray | None
 ) -> tuple[torch.Tensor, ...]:
-    """(inputs, targets[, weights][, mask]): inputs and targets view one int64 `rows` buffer."""
+    """(inputs, targets, *extras[, mask]): inputs and targets view one int64 `rows` buffer."""
     # Sliced in numpy, then wrapped: slicing a tensor costs ~2.5 µs here, a numpy view ~0.4 µs.
     batch = (torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:]))
-    if weights is not None:
-        batch += (torch.from_numpy(weights),)
+    batch += tuple(torch.from_numpy(extra) for extra in extras)
     return batch if mask is None else (*batch, torch.from_numpy(mask))
 
 
@@ -199,17 +210,15 @@ def _pad_rows(part: np.ndarray, rows: int) -> np.ndarray:
     return padded
 
 
-def _dataset_from_windows(windows: TokenWindows, return_weights: bool) -> GPTDatasetV1:
-    return GPTDatasetV1.from_windows(windows, return_weights=return_weights)
+def _dataset_from_windows(windows, return_weights: bool, return_segments: bool = False) -> GPTDatasetV1:
+    return GPTDatasetV1.from_windows(windows, return_weights=return_weights, return_segments=return_segments)
 
 
 def _dataset_from_shared_bytes(
-    shared_bytes: torch.Tensor, dtype: str, max_length: int, stride: int, return_weights: bool
+    shared_bytes: torch.Tensor, dtype: str, recipe, return_weights: bool, return_segments: bool
 ) -> GPTDatasetV1:
-    tokens = shared_bytes.numpy().view(dtype)
-    dataset = GPTDatasetV1.from_tokens(
-        tokens, max_length=max_length, stride=stride, return_weights=return_weights
-    )
+    windows = recipe(shared_bytes.numpy().view(dtype))
+    dataset = _dataset_from_windows(windows, return_weights, return_segments)
     dataset._shared_bytes = shared_bytes
     return dataset
 
@@ -222,14 +231,23 @@ def create_dataset(
     tokens=None,
     max_length: int = 256,
     stride: int = 128,
-    return_weights: bool = False,
+    return_weights: bool | None = None,
+    doc_starts=None,
+    return_segments: bool | None = None,
 ) -> GPTDatasetV1:
     """Builds a dataset from text (`txt` + `tokenizer`) or from token ids (`tokens`).
 
     `tokenizer=None` with `txt` means gpt2. Exactly one of `txt` and `tokens` is given; an
-    `np.memmap` of a token cache is used in place, never copied. `return_weights=True` adds a
-    third tensor per batch, float32 `(batch, max_length)`: 0 on the targets the previous window
-    already predicts, 1 elsewhere, so a weighted loss counts each corpus token once per epoch.
+    `np.memmap` of a token cache is used in place, never copied, and a `TokenizedCorpus` brings
+    its document starts too. `return_weights=True` adds a third tensor per batch, float32
+    `(batch, max_length)`: 0 on the targets the previous window already predicts, 1 elsewhere,
+    so a weighted loss counts each corpus token once per epoch. `return_segments=True` (with
+    `doc_starts`, each document's first token offset, or `tokens=corpus`) adds int32
+    `segment_ids` and `positions` after them (`TokenWindows.segments`).
+
+    `dataset_type="packed_docs"` serves document-aligned rows (`windowloader.packing`) that
+    always carry weights and segments; `stride` is then the step between the overlapping rows
+    of a document longer than `max_length` (at most `max_length`).
 
     Example:
         >>> from windowloader.adapters.torch import create_dataset
@@ -238,11 +256,51 @@ def create_dataset(
         5
     """
     check_dataset_type(dataset_type)
-    _checks.boolean("return_weights", return_weights)
+    return_weights, return_segments = batch_parts(dataset_type, return_weights, return_segments)
     windows = windows_from_arguments(
-        txt=txt, tokenizer=tokenizer, tokens=tokens, max_length=max_length, stride=stride
+        dataset_type,
+        txt=txt,
+        tokenizer=tokenizer,
+        tokens=tokens,
+        max_length=max_length,
+        stride=stride,
+        doc_starts=doc_starts,
+        return_segments=return_segments,
     )
-    return GPTDatasetV1.from_windows(windows, return_weights=return_weights)
+    return GPTDatasetV1.from_windows(windows, return_weights=return_weights, return_segments=return_segments)
+
+
+def document_mask(segment_ids: torch.Tensor, *, causal: bool = True, block_mask: bool = True):
+    """FlexAttention's mask for document segments: a query sees keys of its own segment only
+    (and, with `causal`, at or before it). Padding (segment 0) sees padding, so no row is empty.
+
+    Returns a `BlockMask` for `flex_attention(q, k, v, block_mask=...)` built on the device of
+    `segment_ids`, or with `block_mask=False` the `mask_mod` function itself.
+
+    Example:
+        >>> from torch.nn.attention.flex_attention import flex_attention
+        >>> inputs, targets, segment_ids, positions = batch
+        >>> out = flex_attention(q, k, v, block_mask=document_mask(segment_ids))
+    """
+    if not isinstance(segment_ids, torch.Tensor) or segment_ids.ndim != 2:
+        raise TypeError(f"segment_ids must be a 2-D tensor (batch, max_length), got {type(segment_ids).__name__}")
+
+    def mask_mod(b, h, q_index, kv_index):
+        same = segment_ids[b, q_index] == segment_ids[b, kv_index]
+        return same & (q_index >= kv_index) if causal else same
+
+    if not block_mask:
+        return mask_mod
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = segment_ids.shape
+    return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device)
+
+
+def cu_seqlens(segment_ids: torch.Tensor) -> torch.Tensor:
+    """int32 cumulative lengths of the segments over the flattened batch, for varlen flash
+    attention (`windowloader.segments.cu_seqlens`), on the device of `segment_ids`."""
+    return torch.from_numpy(_cu_seqlens(segment_ids.cpu().numpy())).to(segment_ids.device)
 
 
 class WindowBatchSampler(Sampler):
@@ -536,7 +594,8 @@ def create_dataloader(
     device=None,
     **dataloader_kwargs,
 ) -> WindowDataLoader:
-    """A `DataLoader` yielding `(inputs, targets)`, int64 `(batch_size, max_length)` tensors.
+    """A `DataLoader` yielding `(inputs, targets[, weights][, segment_ids, positions])`: int64
+    inputs and targets `(batch_size, max_length)`, the rest as `create_dataset` asked for.
 
     `batch_size` is per rank (the DDP convention): the global batch is `batch_size × world_size`
     consecutive windows of the epoch's order and rank r takes slice r, so the global sequence of
