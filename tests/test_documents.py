@@ -183,3 +183,28 @@ def test_bad_document_arguments_name_the_fix(adapter, kwargs, words):
     dataset_type = "gpt_v1" if "txt" in kwargs or "return_segments" in kwargs else "packed_docs"
     with pytest.raises(ValueError, match=words):
         adapter.create_dataset(dataset_type, **{"max_length": 8, "stride": 4, **kwargs})
+
+
+@pytest.mark.parametrize("dataset_type", ["gpt_v1", "packed_docs"])
+def test_the_device_path_and_padded_rank_batches_carry_the_segments(dataset_type):
+    tokens, starts = corpus_arrays(3)
+    kwargs = dict(tokens=tokens, doc_starts=starts, max_length=16, stride=8)
+    if dataset_type == "gpt_v1":
+        kwargs.update(return_weights=True, return_segments=True)
+    dataset = wl_torch.create_dataset(dataset_type, **kwargs)
+    expected = list(wl_torch.create_dataloader(dataset, batch_size=4, seed=2))
+    moved = list(wl_torch.create_dataloader(dataset, batch_size=4, seed=2, device="cpu"))
+    for a, b in zip(expected, moved, strict=True):
+        assert len(a) == len(b) == 5 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    # pad_last on 2 ranks: the last batch is padded with zero rows (segment 0) and a mask.
+    batch_size = next(b for b in range(3, 9) if len(dataset) % (2 * b))  # a partial last batch
+    for rank in (0, 1):
+        last = list(
+            wl_torch.create_dataloader(
+                dataset, batch_size=batch_size, seed=2, drop_last=False, pad_last=True, rank=rank, world_size=2
+            )
+        )[-1]
+        assert len(last) == 6 and last[-1].dtype == torch.bool
+        assert (last[3][~last[-1]] == 0).all() and (last[2][~last[-1]] == 0).all()
+        padded = padded + int((~last[-1]).sum()) if rank else int((~last[-1]).sum())
+    assert padded > 0
