@@ -21,7 +21,7 @@ must be set before jax starts); Grain runs in the 1-device process. On a GPU/TPU
 command uses the accelerators (the flag only affects the CPU backend).
 
 Run (from the repository root; `pip install grain` first, it is not a project dependency):
-    TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache .venv/bin/python benchmarks/bench_jax.py
+    .venv/bin/python benchmarks/bench_jax.py
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tokenization speed and memory: plain single-threaded `encode` against `tokenize_corpus`.
 
-    TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache .venv/bin/python benchmarks/bench_tokenize.py --repeat 2
+    .venv/bin/python benchmarks/bench_tokenize.py --repeat 2
 
 The corpus is a real one that no one here wrote: the `.py` files of the CPython standard library
 this Python runs on (about 160 MB, 13k files). Every mode runs in a fresh subprocess, so its peak

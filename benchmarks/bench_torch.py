@@ -7,7 +7,7 @@ time, peak anonymous memory (file-backed memmap pages apart), time to first batc
 tokens/s with 0 and 2 workers, and the ratios to the reference and to memcpy, all from one run.
 
 Run (from the repository root):
-    TIKTOKEN_CACHE_DIR=../shared/tiktoken-cache .venv/bin/python benchmarks/bench_torch.py
+    .venv/bin/python benchmarks/bench_torch.py
 
 The first run tokenizes the corpus into the cache (about a minute on 2 cores); later runs reopen
 it. Each configuration runs in its own forked process, so that one's memory does not hide

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,12 +21,6 @@ from gpt_config import SIZES, GPTConfig, TrainConfig
 from windowloader import load_tokenizer
 from windowloader.cli import default_corpus
 from windowloader.tokenizer import encode_to_array
-
-# The tokenizer's BPE files, offline, when the shared cache is there (as tests/conftest.py does).
-_SHARED_TIKTOKEN = Path(__file__).resolve().parents[2] / "shared" / "tiktoken-cache"
-if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_TIKTOKEN.is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_TIKTOKEN)
-
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The flags of both training scripts (and of compare_frameworks.py, which passes them on)."""
@@ -164,7 +157,7 @@ def load_corpus(args: argparse.Namespace) -> Corpus:
             f"error: --val-fraction must be between 0 and 1 (exclusive), got {args.val_fraction}"
         )
     text, source = _read(args.input)
-    tokenizer = _tokenizer(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships with windowloader
     vocab, compact = np.unique(encode_to_array(tokenizer, text), return_inverse=True)
     compact = compact.astype(np.uint16 if len(vocab) <= 1 << 16 else np.uint32)
     cut = int(len(compact) * (1 - args.val_fraction))
@@ -181,19 +174,6 @@ def _read(path: str | None) -> tuple[str, str]:
         return default_corpus(), "CPython language reference topics (pydoc_data.topics)"
     with open(path, encoding="utf-8", errors="replace") as file:
         return file.read(), path
-
-
-def _tokenizer(name: str | None):
-    if name is not None:
-        return load_tokenizer(name)
-    try:
-        return load_tokenizer("gpt2")
-    except Exception as error:  # noqa: BLE001  (tiktoken raises network errors of several kinds offline)
-        print(
-            f"gpt2's BPE files could not be loaded ({type(error).__name__}); using --tokenizer bytes",
-            file=sys.stderr,
-        )
-        return load_tokenizer("bytes")
 
 
 def forever(loader: Iterable) -> Iterator:

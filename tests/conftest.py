@@ -1,26 +1,68 @@
-"""Shared fixtures: the offline tiktoken cache, a gpt2 tokenizer, and no skips in CI."""
+"""Shared fixtures: gpt2 (shipped with the package), a temp copy of a tiktoken cache, no skips in CI.
+
+No test needs the network or a tiktoken cache. Where TIKTOKEN_CACHE_DIR is set, the tests that
+compare with tiktoken live run too, each on a temporary copy of that folder (the `tiktoken_cache`
+fixture): tiktoken writes into the folder it reads from (a download, a copy of any local file it
+loads), and the suite checks at its end that the folder is unchanged, byte for byte.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-_SHARED_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken-cache"
-if "TIKTOKEN_CACHE_DIR" not in os.environ and _SHARED_CACHE.is_dir():
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(_SHARED_CACHE)
+# Read once, at start-up: a test's monkeypatch.setenv never moves the folder the guard watches.
+TIKTOKEN_CACHE_DIR = os.environ.get("TIKTOKEN_CACHE_DIR") or None
+
+
+def pytest_report_header(config):
+    if TIKTOKEN_CACHE_DIR:
+        return f"TIKTOKEN_CACHE_DIR={TIKTOKEN_CACHE_DIR}: live tiktoken comparisons run on a temp copy"
+    return "TIKTOKEN_CACHE_DIR unset: gpt2 from the package; no live tiktoken comparison"
+
+
+def folder_digest(folder: str | os.PathLike | None) -> dict[str, str]:
+    """Every file under `folder` (relative path -> sha256 of its bytes); {} for None."""
+    if folder is None or not Path(folder).exists():
+        return {}
+    root = Path(folder)
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiktoken_cache_dir_untouched():
+    """Fails the run (an error at the last test's teardown) if any test changed TIKTOKEN_CACHE_DIR."""
+    before = folder_digest(TIKTOKEN_CACHE_DIR)
+    yield
+    after = folder_digest(TIKTOKEN_CACHE_DIR)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"the tests changed TIKTOKEN_CACHE_DIR ({TIKTOKEN_CACHE_DIR}): {changed[:5]}"
+
+
+@pytest.fixture
+def tiktoken_cache(tmp_path, monkeypatch) -> Path:
+    """A temporary copy of TIKTOKEN_CACHE_DIR, set as TIKTOKEN_CACHE_DIR for the test."""
+    assert TIKTOKEN_CACHE_DIR, "only the live tests use this fixture, defined when TIKTOKEN_CACHE_DIR is set"
+    copy = tmp_path / "tiktoken-cache"
+    shutil.copytree(TIKTOKEN_CACHE_DIR, copy)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(copy))
+    return copy
 
 
 @pytest.fixture(scope="session")
 def gpt2():
-    """tiktoken's gpt2, or a skip that says why (no cache and no internet)."""
-    import tiktoken
+    """gpt2 as windowloader ships it (tests/test_tokenizer.py proves it is tiktoken's gpt2)."""
+    from windowloader import load_tokenizer
 
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as error:  # offline without a cache: requests raises several kinds
-        pytest.skip(f"gpt2 BPE files unavailable ({type(error).__name__}): set TIKTOKEN_CACHE_DIR")
+    return load_tokenizer("gpt2")
 
 
 @pytest.hookimpl(hookwrapper=True)

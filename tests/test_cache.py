@@ -83,14 +83,35 @@ def test_the_sidecar_describes_the_bin(corpus_file, cache_dir, gpt2):
     assert meta["sources"][1]["chars"] == len("second doc")
 
 
-def test_cl100k_ids_need_uint32(corpus_file, cache_dir):
+def test_ids_beyond_uint16_are_stored_as_uint32(corpus_file, cache_dir, tmp_path):
     import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
 
-    cl100k = tiktoken.get_encoding("cl100k_base")
-    result = wl.tokenize_corpus([corpus_file, "ünïcode 漢字"], "cl100k_base", cache_dir=cache_dir)
+    # A vocabulary wider than uint16, made here: the 256 bytes, 70,000 tokens no text reaches
+    # (their pairs are not tokens), then "fo" and "fox", so "fox" is 70,257 and <|endoftext|> 70,258.
+    ranks = {bytes([b]): b for b in range(256)} | {b"\xff\xfe" + i.to_bytes(3, "big"): 256 + i for i in range(70_000)}
+    ranks |= {b"fo": 70_256, b"fox": 70_257}
+    path = tmp_path / "wide.tiktoken"
+    path.write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items()))
+    wide = tiktoken.Encoding(
+        name="wide", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
+    result = wl.tokenize_corpus([corpus_file, "ünïcode 漢字 fox"], path, cache_dir=cache_dir)
     assert result.tokens.dtype == np.uint32
-    assert result.tokens.tolist() == reference(cl100k, [TEXT, "ünïcode 漢字"])
-    assert max(result.tokens) > 2**16  # the separator, <|endoftext|> = 100257, needs the wide dtype
+    assert result.tokens.tolist() == reference(wide, [TEXT, "ünïcode 漢字 fox"])
+    assert 70_257 in result.tokens and 70_258 in result.tokens  # "fox" and the separator
+
+
+if os.environ.get("TIKTOKEN_CACHE_DIR"):  # live, on a temp copy of the cache (conftest)
+
+    def test_cl100k_ids_need_uint32(corpus_file, cache_dir, tiktoken_cache):
+        import tiktoken
+
+        cl100k = tiktoken.get_encoding("cl100k_base")
+        result = wl.tokenize_corpus([corpus_file, "ünïcode 漢字"], "cl100k_base", cache_dir=cache_dir)
+        assert result.tokens.dtype == np.uint32
+        assert result.tokens.tolist() == reference(cl100k, [TEXT, "ünïcode 漢字"])
+        assert max(result.tokens) > 2**16  # the separator, <|endoftext|> = 100257, needs the wide dtype
 
 
 def test_a_changed_file_makes_a_new_cache(corpus_file, cache_dir, gpt2):

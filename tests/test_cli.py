@@ -307,37 +307,41 @@ def test_a_bad_flag_exits_2_with_one_line_naming_it(capsys):
     assert "--stride" in one_error_line(capsys.readouterr().err)
 
 
-def offline(monkeypatch):
-    import tiktoken
-
-    def no_network(name):
-        raise ConnectionError(f"cannot download {name}")
-
-    monkeypatch.setattr(tiktoken, "get_encoding", no_network)
-
-
-def test_default_tokenizer_offline_falls_back_to_bytes_loudly(small_file, cache_args, capsys, monkeypatch):
-    offline(monkeypatch)
-    code, out, err = run([small_file, "--max-length", 16, *cache_args], capsys)
-    assert code == 0
-    [notice] = err.strip().splitlines()
-    assert "TIKTOKEN_CACHE_DIR" in notice and "--tokenizer" in notice and "bytes" in notice
-    assert number(out, "tokens") == len(TEXT.encode())
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """No way to download (HTTPS goes to a closed local port) and an empty tiktoken cache."""
+    cache = tmp_path / "empty-tiktoken-cache"
+    cache.mkdir()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    return cache
 
 
-def test_a_named_tokenizer_never_falls_back(small_file, cache_args, capsys, monkeypatch):
-    offline(monkeypatch)
-    code, out, err = run([small_file, "--tokenizer", "gpt2", *cache_args], capsys)
+def test_the_default_tokenizer_offline_is_gpt2(small_file, cache_args, capsys, offline, gpt2):
+    code, out, err = run([small_file, "--max-length", 16, "--stride", 16, *cache_args], capsys)
+    assert (code, err) == (0, "")
+    assert number(out, "tokens") == len(gpt2.encode_ordinary(TEXT))
+    assert ", gpt2 (" in row(out, "corpus")
+    assert list(offline.iterdir()) == []
+
+
+def test_another_tiktoken_encoding_offline_is_one_line(small_file, cache_args, capsys, offline, monkeypatch):
+    import tiktoken.registry
+
+    monkeypatch.delitem(tiktoken.registry.ENCODINGS, "o200k_base", raising=False)  # not loaded before
+    code, out, err = run([small_file, "--tokenizer", "o200k_base", *cache_args], capsys)
     assert code == 2 and out == ""
     line = one_error_line(err)
-    assert "'gpt2' could not be loaded (ConnectionError)" in line and "TIKTOKEN_CACHE_DIR" in line
+    assert "'o200k_base' could not be loaded" in line and "TIKTOKEN_CACHE_DIR" in line
 
 
-def test_a_missing_file_is_reported_before_the_tokenizer_is_loaded(tmp_path, cache_args, capsys, monkeypatch):
-    offline(monkeypatch)
-    code, out, err = run([tmp_path / "missing.txt", *cache_args], capsys)
+def test_a_missing_file_is_reported_before_the_tokenizer_is_loaded(tmp_path, cache_args, capsys, offline):
+    code, out, err = run([tmp_path / "missing.txt", "--tokenizer", "o200k_base", *cache_args], capsys)
     assert code == 2 and out == ""
-    assert "missing.txt' does not exist" in one_error_line(err)  # no fallback notice before it
+    assert "missing.txt' does not exist" in one_error_line(err)
 
 
 def test_undecodable_input_is_reported_in_one_warning_line(tmp_path, cache_args, capsys):

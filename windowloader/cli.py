@@ -204,7 +204,7 @@ def _main(argv: list[str]) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_paths([source for source in _inputs(args) if isinstance(source, Path)])
-        tokenizer = _tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships: no download
         corpus = _tokenize(args, tokenizer)
     for warning in caught:
         print(f"windowloader: warning: {warning.message}", file=sys.stderr)
@@ -245,28 +245,6 @@ def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
 def _inputs(args: argparse.Namespace) -> list[Path | str]:
     """The INPUT arguments: URLs stay strings (a Path would fold `s3://` into `s3:/`), the rest are paths."""
     return [name if is_url(name) else Path(name) for name in args.input or ()]
-
-
-def _tokenizer(name: str | None):
-    if name is not None:
-        try:
-            return load_tokenizer(name)
-        except (ValueError, ImportError):
-            raise
-        except Exception as error:  # tiktoken raises network errors of several kinds offline
-            raise _Failure(
-                f"tokenizer {name!r} could not be loaded ({type(error).__name__}): set TIKTOKEN_CACHE_DIR "
-                "to a tiktoken cache holding it, or pass another --tokenizer (bytes needs no download)"
-            ) from None
-    try:
-        return load_tokenizer("gpt2")
-    except Exception as error:  # tiktoken raises network errors of several kinds offline
-        print(
-            f"windowloader: gpt2's BPE files could not be loaded ({type(error).__name__}); "
-            "set TIKTOKEN_CACHE_DIR to a tiktoken cache or pass --tokenizer; using --tokenizer bytes",
-            file=sys.stderr,
-        )
-        return load_tokenizer("bytes")
 
 
 @dataclass(frozen=True)

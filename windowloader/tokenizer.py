@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -18,6 +19,12 @@ import numpy as np
 from windowloader.corpus import split_for_encoding
 
 ENDOFTEXT = "<|endoftext|>"
+# gpt2's BPE ranks: tiktoken's r50k_base.tiktoken (MIT, OpenAI), shipped so that gpt2 needs no
+# download. tiktoken's gpt2 and r50k_base are the same ranks, pattern and <|endoftext|> = 50256.
+GPT2_RANKS = Path(__file__).with_name("data") / "r50k_base.tiktoken"
+# The sha256 tiktoken pins for that file (tiktoken_ext/openai_public.py, r50k_base).
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+SHIPPED_ENCODINGS = ("gpt2", "r50k_base")
 # tiktoken keeps this pattern inside the function that builds cl100k_base, not as a constant.
 _CL100K_PAT_STR = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
@@ -72,7 +79,8 @@ def load_tokenizer(spec="gpt2"):
     """Resolves `spec` to a tokenizer with `encode`/`decode`.
 
     Args:
-        spec: a tiktoken encoding name (`"gpt2"`, `"cl100k_base"`, ...), a path to a
+        spec: a tiktoken encoding name (`"gpt2"` and `"r50k_base"` ship with windowloader and
+            need no download; `"cl100k_base"`, ... come from tiktoken), a path to a
             `.tiktoken` file, a path to a Hugging Face `tokenizer.json` (needs
             `pip install 'windowloader[hf]'`), `"bytes"`, or any object with `encode` and
             `decode` (returned as is).
@@ -95,6 +103,8 @@ def load_tokenizer(spec="gpt2"):
         return _tiktoken_file(Path(spec))
     if str(spec).endswith(".json"):
         return HFTokenizer(Path(spec))
+    if spec in SHIPPED_ENCODINGS:
+        return _shipped_gpt2(spec)
     import tiktoken
 
     known = tiktoken.list_encoding_names()
@@ -103,7 +113,45 @@ def load_tokenizer(spec="gpt2"):
             f"tokenizer {spec!r} is unknown: use one of {', '.join(known + ['bytes'])}, "
             "a path to a .tiktoken file or a tokenizer.json, or an object with encode() and decode()"
         )
-    return tiktoken.get_encoding(spec)
+    try:
+        return tiktoken.get_encoding(spec)
+    except Exception as error:  # offline, requests raises several kinds; the traceback says no more
+        raise OSError(
+            f"tokenizer {spec!r} could not be loaded ({type(error).__name__}): tiktoken downloads its "
+            "BPE file, or reads it from the folder TIKTOKEN_CACHE_DIR names; offline, set "
+            f"TIKTOKEN_CACHE_DIR to a copy of a tiktoken cache that holds {spec!r} (one where "
+            f"tiktoken.get_encoding({spec!r}) ran online), or use gpt2, which ships with windowloader"
+        ) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_gpt2(name: str):
+    """tiktoken's gpt2 (or r50k_base, the same ranks) from the package's copy of its ranks."""
+    import tiktoken
+    from tiktoken_ext import openai_public
+
+    data = GPT2_RANKS.read_bytes()
+    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
+        raise ValueError(
+            f"{GPT2_RANKS} is damaged: its sha256 is not the {GPT2_RANKS_SHA256} tiktoken pins "
+            "for r50k_base; reinstall windowloader"
+        )
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=openai_public.r50k_pat_str,
+        mergeable_ranks=parse_ranks(data),
+        special_tokens={ENDOFTEXT: 50256},
+        explicit_n_vocab=50257,
+    )
+
+
+def parse_ranks(data: bytes) -> dict[bytes, int]:
+    """A `.tiktoken` file's ranks (a base64 token and its rank per line), as tiktoken reads them.
+
+    Read here rather than by `tiktoken.load.load_tiktoken_bpe`, which copies every file it
+    reads into the folder TIKTOKEN_CACHE_DIR names (and serves that copy after the file changes).
+    """
+    return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines() if line)}
 
 
 def _tiktoken_file(path: Path):
@@ -125,10 +173,7 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
     """The file's `base64-token rank` lines, read now: tiktoken's own loader keeps a copy of a
     file it has read once under TIKTOKEN_CACHE_DIR and serves it after the file changes."""
     try:
-        return {
-            base64.b64decode(token): int(rank)
-            for token, rank in (line.split() for line in path.read_bytes().splitlines() if line)
-        }
+        return parse_ranks(path.read_bytes())
     except ValueError as error:
         raise ValueError(f"tokenizer file {str(path)!r} is not a .tiktoken rank file ({error})") from None
 
