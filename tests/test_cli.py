@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import random
 import re
+import shlex
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -147,12 +151,20 @@ def test_spec_defaults_on_the_embedded_corpus(cache_args, capsys, gpt2):
     assert "inputs torch.Size([4, 256]), targets torch.Size([4, 256])" in out
     assert "window 0 = tokens[0:256]" in out
     assert "window 1 = tokens[128:384]  <- 128 tokens overlap (50%)" in out
-    # The 128 shared tokens close window 0 and open window 1, in brackets.
+    # The 128 shared tokens close window 0 and open window 1, in brackets and in full.
     ids = gpt2.encode(text, allowed_special={"<|endoftext|>"})
-    shared = "[" + cli._clip(gpt2.decode(ids[128:256])) + "]"
+    shared_text = gpt2.decode(ids[128:256])
+    assert "\t" not in shared_text and "\r" not in shared_text  # only line breaks to show as ⏎
+    shared = "[" + shared_text.replace("\n", "⏎") + "]"
     window0, window1 = out.split("window 0 = ")[1].split("window 1 = ")
     assert window0.strip().endswith(shared)
     assert window1.splitlines()[1].strip().startswith(shared)
+    # The demo names its corpus and tokenizer, counts in the singular, and times in useful units.
+    assert row(out, "corpus") == "CPython's language reference topics, built into Python  (467,131 bytes)"
+    assert row(out, "tokenizer") == "gpt2"
+    assert "1 window dropped" in row(out, "batches per epoch")
+    assert re.search(r"^iterated one epoch \(271 batches\) with torch in [\d.]+ (s|ms|µs): ", out, re.M)
+    assert "0.000 s" not in out
 
 
 @pytest.mark.parametrize(
@@ -174,7 +186,7 @@ def test_auto_picks_small_for_a_small_corpus_and_flags_win(small_file, cache_arg
     _, out, _ = run(
         [small_file, "--tokenizer", "bytes", "--preset", "auto", "--max-length", 100, *cache_args], capsys
     )
-    assert "(max_length 100, stride 64, preset small)" in row(out, "windows")
+    assert "(max_length 100, stride 64, preset small (auto))" in row(out, "windows")
 
 
 @pytest.mark.parametrize(
@@ -203,7 +215,7 @@ def test_max_batches_and_the_iteration_report(small_file, cache_args, capsys):
         capsys,
     )
     assert re.search(
-        r"^iterated 3 batches with torch in [\d.]+ s: [\d,]+ batches/s, [\d,]+ tokens/s$", out, re.MULTILINE
+        r"^iterated 3 batches with torch in [\d.]+ (s|ms|µs): [\d,]+ batches/s, [\d,]+ tokens/s$", out, re.MULTILINE
     )
 
 
@@ -271,7 +283,7 @@ def one_error_line(err: str) -> str:
         ),
         (
             lambda tmp: [_write(tmp / "a.txt", "text " * 20), "--max-length", "8", "--batch-size", "999"],
-            r"batch_size=999",
+            r"--batch-size 999 is more than the \d+ windows? .*--keep-last or a --batch-size of at most",
         ),
     ],
     ids=[
@@ -324,7 +336,7 @@ def test_the_default_tokenizer_offline_is_gpt2(small_file, cache_args, capsys, o
     code, out, err = run([small_file, "--max-length", 16, "--stride", 16, *cache_args], capsys)
     assert (code, err) == (0, "")
     assert number(out, "tokens") == len(gpt2.encode_ordinary(TEXT))
-    assert ", gpt2 (" in row(out, "corpus")
+    assert row(out, "tokenizer") == "gpt2"
     assert list(offline.iterdir()) == []
 
 
@@ -346,7 +358,7 @@ def test_a_missing_file_is_reported_before_the_tokenizer_is_loaded(tmp_path, cac
 
 def test_undecodable_input_is_reported_in_one_warning_line(tmp_path, cache_args, capsys):
     path = tmp_path / "bad.txt"
-    path.write_bytes(b"good text \xff\xfe and more good text here")
+    path.write_bytes(b"good text \xff\xfe and more good text here" + b" and so on" * 30)  # 2 in 340: text
     code, out, err = run(
         [path, "--tokenizer", "bytes", "--max-length", 8, "--stride", 4, *cache_args], capsys
     )
@@ -377,3 +389,153 @@ def test_the_console_script_runs(small_file, tmp_path):
     )
     assert result.returncode == 0 and result.stderr == ""
     assert "batches per epoch" in result.stdout
+
+
+def one_warning_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("windowloader: warning: ")
+    return lines[0]
+
+
+PROSE = "Plain prose, the kind of text a corpus holds, line after line.\n" * 40  # 2,560 characters
+
+
+def with_odd(share: float, odd: str) -> str:
+    """PROSE with `odd` characters replacing every k-th character: `share` of them (computed here)."""
+    step = round(1 / share)
+    return "".join(odd if i % step == step - 1 else char for i, char in enumerate(PROSE))
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (bytes(b or 1 for b in random.Random(0).randbytes(4096)), "undecodable or control characters"),
+        (PROSE.encode()[:1000] + b"\0" + PROSE.encode()[1000:], "NUL bytes"),
+        (with_odd(0.02, "\x1b").encode(), "2% of its first characters"),
+        (with_odd(0.02, "\x80").encode("latin-1"), "2% of its first characters"),  # not UTF-8
+    ],
+    ids=["random-bytes-but-NUL", "one-NUL", "2%-escape-chars", "2%-undecodable"],
+)
+def test_a_named_binary_file_is_refused_in_one_line(tmp_path, cache_args, capsys, content, reason):
+    path = tmp_path / "model.txt"
+    path.write_bytes(content)
+    code, out, err = run([path, "--tokenizer", "bytes", *cache_args], capsys)
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert "model.txt' is not text" in line and reason in line
+    assert not (tmp_path / "cache").exists()  # refused before any tokenizing
+
+
+def test_text_with_under_one_percent_odd_characters_is_text(tmp_path, cache_args, capsys):
+    path = tmp_path / "ok.txt"
+    path.write_bytes(with_odd(0.005, "\x1b").encode())
+    code, out, err = run([path, "--tokenizer", "bytes", "--max-length", 40, "--stride", 20, *cache_args], capsys)
+    assert code == 0 and err == ""
+
+
+def test_binary_files_in_a_folder_are_skipped_with_one_warning(tmp_path, cache_args, capsys):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "a.txt").write_text(PROSE)
+    (folder / "b.txt").write_bytes(random.Random(1).randbytes(3000))
+    (folder / "c.txt").write_bytes(b"\0" * 100)
+    (folder / "d.txt").write_text(PROSE)
+    code, out, err = run([folder, "--tokenizer", "bytes", "--max-length", 40, "--stride", 20, *cache_args], capsys)
+    assert code == 0
+    warning = one_warning_line(err)
+    assert "skipped 2 binary files" in warning and "b.txt" in warning and "c.txt" in warning
+    assert number(out, "documents") == 2
+    assert number(out, "tokens") == 2 * len(PROSE) + 1  # a.txt, the separator, d.txt
+
+
+def test_decoded_windows_write_no_control_characters(tmp_path, cache_args, capsys):
+    path = tmp_path / "colors.txt"
+    path.write_text("red \x1b[31mRED\x1b[0m\r back\u202eup\tend" + PROSE)
+    code, out, err = run([path, "--tokenizer", "bytes", "--max-length", 40, "--stride", 20, *cache_args], capsys)
+    assert code == 0
+    shown = out.split("window 0 = ")[1]
+    assert "red \\x1b[31mRED\\x1b[0m\\r ba[ck\\u202eup\\tend" in shown  # [ opens the shared tokens
+    assert not {char for char in out if unicodedata.category(char) == "Cc"} - {"\n"}
+    assert "\u202e" not in out
+
+
+@pytest.mark.parametrize(
+    "seconds, shown",
+    [(2.5, "2.50 s"), (0.0456, "0.046 s"), (0.0031, "3.1 ms"), (0.00085, "850 µs"), (0.0000042, "4.2 µs")],
+)
+def test_durations_under_10_ms_are_in_ms_or_us(seconds, shown):
+    assert cli.duration(seconds) == shown
+
+
+def test_counts_of_one_are_singular(tmp_path, cache_args, capsys):
+    path = tmp_path / "41.txt"
+    path.write_text("x" * 41)  # 41 byte tokens: windows of 8 every 7 start at 0, 7, ..., 28: 5 windows
+    code, out, _ = run([path, "--tokenizer", "bytes", "--max-length", 8, "--stride", 7, *cache_args], capsys)
+    assert code == 0
+    assert number(out, "windows") == len(range(0, 41 - 8, 7)) == 5
+    assert "1 window dropped" in row(out, "batches per epoch")
+    assert "(1 token shared" in row(out, "overlap")
+    assert "<- 1 token overlap" in out
+
+
+def test_preset_large_on_a_small_corpus_names_the_flags(tmp_path, cache_args, capsys):
+    path = tmp_path / "small.txt"
+    path.write_text("x" * 5000)  # 4 windows of 1024 tokens
+    code, out, err = run([path, "--tokenizer", "bytes", "--preset", "large", *cache_args], capsys)
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert "--batch-size 32 (preset large) is more than the 4 windows" in line
+    assert "--keep-last" in line and "a --batch-size of at most 4" in line
+    assert "(global)" not in line and "batch_size=" not in line and "drop_last" not in line
+
+
+def test_a_batch_larger_than_the_corpus_under_jax_names_the_padding(small_file, cache_args, capsys):
+    code, out, err = run(
+        [small_file, "--tokenizer", "bytes", "--framework", "jax", "--keep-last", "--batch-size", 999, *cache_args], capsys
+    )
+    assert code == 2 and out == ""
+    line = one_error_line(err)
+    assert "--batch-size 999 is more than the" in line and "--framework jax pads the last batch" in line
+
+
+def test_preset_auto_explains_its_choice_and_never_warns_about_it(small_file, cache_args, capsys):
+    code, out, _ = run([small_file, "--tokenizer", "bytes", "--preset", "auto", "--keep-last", *cache_args], capsys)
+    assert code == 0
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and notes[0].startswith("note: --preset auto chose small for 756 tokens (under 1,000,000)")
+    assert "overfitting" not in out
+    # A stride given explicitly is the user's choice: then the note warns.
+    _, out, _ = run(
+        [small_file, "--tokenizer", "bytes", "--preset", "auto", "--stride", 8, "--keep-last", *cache_args], capsys
+    )
+    assert re.search(r"^note: 97% overlap on a small corpus .*overfitting", out, re.MULTILINE)
+
+
+def test_framework_jax_without_jax_fails_before_any_work(small_file, cache_args, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax", None)  # `import jax` raises ImportError, as without JAX
+    monkeypatch.delitem(sys.modules, "windowloader.adapters.jax", raising=False)
+    code, out, err = run([small_file, "--framework", "jax", *cache_args], capsys)
+    assert code == 2 and out == ""
+    assert "--framework jax: windowloader.adapters.jax needs JAX: pip install 'windowloader[jax]'" in one_error_line(err)
+    assert not Path(cache_args[1]).exists()  # nothing tokenized
+
+
+SPEC_COMMANDS = [
+    "python main.py --max-length 256 --stride 64 --batch-size 2",
+    "python main.py --max-length 256 --stride 256 --batch-size 8",
+    "python main.py --max-length 256 --stride 128 --batch-size 4",
+]
+
+
+def test_the_specification_commands_run_verbatim_from_the_root(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HOME": str(tmp_path), "WINDOWLOADER_CACHE": str(tmp_path / "cache")}
+    for command in SPEC_COMMANDS:
+        argv = shlex.split(command)
+        assert argv[0] == "python"
+        result = subprocess.run([sys.executable, *argv[1:]], cwd=root, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{command}: {result.stderr}"
+        _, length, stride, batch = (argv[i] for i in (1, 3, 5, 7))
+        assert f"(max_length {length}, stride {stride})" in row(result.stdout, "windows")
+        assert f"(batch_size {batch}," in row(result.stdout, "batches per epoch")

@@ -284,3 +284,17 @@ def test_a_str_naming_a_file_is_text_with_a_warning(tmp_path, cache):
     with pytest.warns(UserWarning, match=r"is read as text, but it names a file.*pathlib.Path"):
         result = wl.tokenize_corpus(str(path), "bytes", cache_dir=cache)
     check(result, [str(path)])
+
+
+def test_binary_files_in_a_folder_are_skipped_with_one_warning(tmp_path, cache):
+    folder = tmp_path / "mixed"
+    write(folder / "a.txt", "first text file\n" * 20)
+    (folder / "b.txt").write_bytes(b"\x7fELF\x02\x01\x01\0" + bytes(range(256)) * 4)  # NUL bytes
+    (folder / "c.txt").write_bytes(bytes(range(128, 256)) * 8)  # none of it UTF-8
+    write(folder / "d.txt", "last text file, ünïcode\n" * 20)
+    with pytest.warns(UserWarning) as caught:
+        result = wl.tokenize_corpus(folder, "bytes", cache_dir=cache)
+    [warning] = [str(w.message) for w in caught if "binary" in str(w.message)]
+    assert warning.startswith("skipped 2 binary files") and "b.txt" in warning and "c.txt" in warning
+    check(result, ["first text file\n" * 20, "last text file, ünïcode\n" * 20])
+    assert result.replaced_chars == 0  # the skipped file's bytes are not counted as replaced

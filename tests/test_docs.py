@@ -96,5 +96,12 @@ def test_doc_blocks_run(path, tmp_path):
     assert result.returncode == 0, f"a block of {path.name} failed:\n{result.stderr[-4000:]}"
 
 
+def test_the_windows_figure_is_drawn(tmp_path):
+    """docs/windows_figure.py, which draws the README's docs/windows.png, runs and writes a PNG."""
+    out = tmp_path / "windows.png"
+    subprocess.run([sys.executable, str(ROOT / "docs" / "windows_figure.py"), str(out)], check=True, timeout=120)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
 if __name__ == "__main__":
     run_file(Path(sys.argv[1]))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from windowloader import _checks, corpus, encode, integrity, sidecar
+from windowloader import _checks, binary, corpus, encode, integrity, sidecar
 from windowloader.integrity import CorruptCacheError
 from windowloader.segments import corpus_doc_starts
 from windowloader.tokenizer import ENDOFTEXT, content_digest, encode as encode_special, load_tokenizer
@@ -435,6 +435,8 @@ def _build(
             for file in (tokens_file, index_file):
                 file.flush()
                 os.fsync(file.fileno())
+        if stats.binary:
+            warnings.warn(binary.skipped_warning(stats.binary), stacklevel=3)
         if count == 0:
             raise ValueError("the corpus is empty: its documents hold no text")
         if settings["vocab_size"] is not None and max_id >= settings["vocab_size"]:

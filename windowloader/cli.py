@@ -21,16 +21,28 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from windowloader import binary
 from windowloader.cache import TokenizedCorpus, tokenize_corpus
-from windowloader.corpus import check_paths
+from windowloader.corpus import check_paths, resolve
 from windowloader.formats import is_url
 from windowloader.integrity import CorruptCacheError
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import load_tokenizer
 from windowloader.windows import TokenWindows
 
-# Long decoded text is cut to this many characters at each end of a part.
-_SHOW_CHARS = 120
+# The decoded windows: a window up to _SHOW_TOKENS tokens is shown whole; beyond, the part it does
+# not share keeps _END_TOKENS tokens at each end, and a shared part over _SHOW_SHARED is cut too.
+_SHOW_TOKENS = 60
+_END_TOKENS = 12
+_SHOW_SHARED = 256
+DEFAULT_CORPUS_NAME = "CPython's language reference topics, built into Python"
+# What decoded text must not send to a terminal raw (control characters, line and paragraph
+# separators, bidirectional overrides): shown escaped instead; a line break as ⏎.
+_ESCAPES = {
+    code: chr(code).encode("unicode_escape").decode("ascii")
+    for code in [*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+                 *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+} | {ord("\n"): "⏎"}
 # The specification's "Configuration Guidelines": (max_length, stride, batch_size) per dataset size.
 PRESETS = {"small": (256, 64, 4), "medium": (512, 256, 16), "large": (1024, 1024, 32)}
 # --preset auto: small below the first token count, medium below the second, large above.
@@ -203,7 +215,10 @@ def _main(argv: list[str]) -> int:
     args = (build_prepare_parser() if prepare else build_parser()).parse_args(argv[1:] if prepare else argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        check_paths([source for source in _inputs(args) if isinstance(source, Path)])
+        paths = [source for source in _inputs(args) if isinstance(source, Path)]
+        check_paths(paths)
+        framework = None if prepare else _framework(args.framework)
+        _refuse_binary_files(paths)
         tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships: no download
         corpus = _tokenize(args, tokenizer)
     for warning in caught:
@@ -211,7 +226,7 @@ def _main(argv: list[str]) -> int:
     if prepare:
         print(corpus.path)
         return 0
-    _plan(args, corpus, tokenizer)
+    _plan(args, corpus, tokenizer, framework)
     return 0
 
 
@@ -228,6 +243,28 @@ def _verify(name: str) -> int:
     size = corpus.tokens.nbytes + corpus.doc_offsets.nbytes
     print(f"windowloader: verify: {path} is intact ({len(corpus):,} tokens, {size:,} bytes checked)")
     return 0
+
+
+def _framework(name: str | None) -> str:
+    """Who serves the batches (default torch when installed), importable: checked before any work."""
+    if name is None:
+        return "torch" if importlib.util.find_spec("torch") else "numpy"
+    if name != "numpy":
+        try:
+            importlib.import_module(f"windowloader.adapters.{name}")
+        except ImportError as error:
+            raise _Failure(f"--framework {name}: {error}") from None
+    return name
+
+
+def _refuse_binary_files(paths: list[Path]) -> None:
+    """A file named on the command line that is not text stops the command before any work.
+    (Binary files in a folder or a glob are skipped while reading, with one warning.)"""
+    for path in paths:
+        if path.is_file():
+            [source] = resolve([path])
+            if reason := binary.binary_reason(source):
+                raise _Failure(f"input {str(path)!r} is not text ({reason}): pass text or .jsonl files")
 
 
 def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
@@ -253,6 +290,8 @@ class _Config:
     stride: int
     batch_size: int
     preset: str | None
+    auto: bool = False  # the preset was chosen by --preset auto
+    from_preset: frozenset = frozenset()  # the values that came from the preset, not a flag
 
 
 def _config(args: argparse.Namespace, n_tokens: int) -> _Config:
@@ -262,26 +301,28 @@ def _config(args: argparse.Namespace, n_tokens: int) -> _Config:
         small, medium = AUTO_THRESHOLDS
         preset = "small" if n_tokens < small else "medium" if n_tokens < medium else "large"
     base = PRESETS[preset] if preset else _DEFAULTS
-    given = (args.max_length, args.stride, args.batch_size)
-    values = [flag if flag is not None else default for flag, default in zip(given, base, strict=True)]
-    return _Config(*values, preset=preset)
+    given = {"max_length": args.max_length, "stride": args.stride, "batch_size": args.batch_size}
+    values = [flag if flag is not None else default for flag, default in zip(given.values(), base, strict=True)]
+    from_preset = frozenset(name for name, flag in given.items() if flag is None) if preset else frozenset()
+    return _Config(*values, preset=preset, auto=args.preset == "auto", from_preset=from_preset)
 
 
-def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
+def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer, framework: str) -> None:
     config = _config(args, len(corpus))
     if len(corpus) < config.max_length + 1:
         raise _Failure(
-            f"the corpus has {len(corpus):,} tokens, shorter than one window (max_length + 1 = "
-            f"{config.max_length + 1:,}): pass a smaller --max-length or more text"
+            f"the corpus has {len(corpus):,} tokens, shorter than one window (--max-length + 1 = "
+            f"{config.max_length + 1:,}{_via(config, 'max_length')}): pass a smaller --max-length or more text"
         )
     windows = corpus.windows(max_length=config.max_length, stride=config.stride)
-    framework = args.framework or ("torch" if importlib.util.find_spec("torch") else "numpy")
-    if framework == "jax" and not args.drop_last and config.batch_size > len(windows):
-        # JAX pads a partial batch to batch_size rows: this one would be mostly padding.
+    if config.batch_size > len(windows) and (args.drop_last or framework == "jax"):
+        # Dropped, the last partial batch leaves none; JAX pads it to batch_size rows, mostly padding.
+        why = "--drop-last would leave no batch" if args.drop_last else "--framework jax pads the last batch to --batch-size rows"
+        keep = "pass --keep-last or " if args.drop_last and framework != "jax" else "pass "
         raise _Failure(
-            f"--batch-size {config.batch_size:,} is more than the corpus's {len(windows):,} windows, "
-            f"and --framework jax pads the last batch to --batch-size rows: pass --batch-size "
-            f"{len(windows):,} or less"
+            f"--batch-size {config.batch_size:,}{_via(config, 'batch_size')} is more than the "
+            f"{_count(len(windows), 'window')} of this corpus (--max-length {config.max_length}, "
+            f"--stride {config.stride}), so {why}: {keep}a --batch-size of at most {len(windows):,}"
         )
     order = BatchOrder(
         len(windows),
@@ -291,8 +332,8 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
         seed=args.seed,
     )
     inputs, targets = next(_batches(framework, windows, order))
-    _print_table(_rows(corpus, windows, order, config, framework, inputs, targets))
-    for note in _notes(windows, order, corpus):
+    _print_table(_rows(args, corpus, windows, order, config, framework, inputs, targets))
+    for note in _notes(windows, order, corpus, config):
         print(f"note: {note}")
     print()
     _show_overlap(windows, tokenizer)
@@ -300,26 +341,45 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer) -> None:
     _time_epoch(framework, windows, order, args.max_batches)
 
 
-def _rows(corpus, windows: TokenWindows, order: BatchOrder, config: _Config, framework: str, inputs, targets):
+def _via(config: _Config, name: str) -> str:
+    """Where a value came from, when not from its flag: ' (preset large)'."""
+    return f" (preset {config.preset})" if name in config.from_preset else ""
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 window', '0 windows', '1,085 windows'."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}{'es' if noun.endswith('h') else 's'}"
+
+
+def _corpus_name(args: argparse.Namespace) -> str:
+    if not args.input:
+        return DEFAULT_CORPUS_NAME
+    shown = ", ".join(args.input[:3])
+    return shown if len(args.input) <= 3 else f"{shown} and {len(args.input) - 3} more"
+
+
+def _rows(args, corpus, windows: TokenWindows, order: BatchOrder, config: _Config, framework: str, inputs, targets):
     n, length, stride = len(corpus), windows.max_length, windows.stride
     last_target = windows.window_start(len(windows) - 1) + length
     tail = n - 1 - last_target
     served = len(windows) if not order.drop_last else len(order) * order.batch_size
     overlap = max(0, length - stride)
-    preset = f", preset {config.preset}" if config.preset else ""
+    preset = f", preset {config.preset}{' (auto)' if config.auto else ''}" if config.preset else ""
     cache = "cache hit" if corpus.cached else "tokenized now"
     rows = [
-        ("corpus", f"{corpus.meta['bytes']:,} bytes, {corpus.meta['tokenizer']} ({cache}: {corpus.path})"),
+        ("corpus", f"{_corpus_name(args)}  ({corpus.meta['bytes']:,} bytes)"),
+        ("tokenizer", corpus.meta["tokenizer"]),
+        ("token cache", f"{cache}: {corpus.path}"),
         ("tokens", f"{n:,}"),
         ("documents", f"{corpus.n_documents:,}"),
         ("windows", f"{len(windows):,}  (max_length {length}, stride {stride}{preset})"),
         (
             "batches per epoch",
             f"{len(order):,}  (batch_size {order.batch_size}, {'drop' if order.drop_last else 'keep'} last, "
-            f"{len(windows) - served:,} windows dropped)",
+            f"{_count(len(windows) - served, 'window')} dropped)",
         ),
-        ("tail never a target", f"{tail:,} tokens  ({100 * tail / n:.2f}% of the corpus)"),
-        ("overlap", f"{100 * overlap / length:.1f}%  ({overlap} tokens shared by consecutive windows)"),
+        ("tail never a target", f"{_count(tail, 'token')}  ({100 * tail / n:.2f}% of the corpus)"),
+        ("overlap", f"{100 * overlap / length:.1f}%  ({_count(overlap, 'token')} shared by consecutive windows)"),
         (
             "targets per token",
             f"{served * length / n:.2f}  (times each token is a target per epoch, on average)",
@@ -338,17 +398,32 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
         print(f"{label:<{width}}  {value}")
 
 
-def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus) -> list[str]:
-    """One line for each configuration that is probably not what the user wants."""
+def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus, config: _Config) -> list[str]:
+    """One line for each configuration that is probably not what the user wants, and what
+    --preset auto chose and why (it never warns about its own choice)."""
     length, stride, n = windows.max_length, windows.stride, len(corpus)
     notes = []
+    chosen = config.auto and {"max_length", "stride"} <= config.from_preset
+    if config.auto:
+        small, medium = AUTO_THRESHOLDS
+        size = f"under {small:,}" if n < small else f"under {medium:,}" if n < medium else f"{medium:,} or more"
+        why = (
+            f": its {100 * (length - stride) / length:.0f}% overlap makes each token a target "
+            f"~{length / stride:.0f}x per epoch, more examples from little text (watch the validation loss)"
+            if chosen and 2 * stride < length
+            else ""
+        )
+        notes.append(
+            f"--preset auto chose {config.preset} for {n:,} tokens ({size}), the specification's "
+            f"configuration for that size{why}"
+        )
     if stride > length:
         skipped = (stride - length) * (len(windows) - 1)
         notes.append(
             f"stride {stride} > max_length {length}: {skipped:,} tokens between windows "
             f"({100 * skipped / n:.1f}%) are never a target; use stride <= max_length"
         )
-    if 2 * stride < length and n < AUTO_THRESHOLDS[0]:
+    if 2 * stride < length and n < AUTO_THRESHOLDS[0] and not chosen:
         notes.append(
             f"{100 * (length - stride) / length:.0f}% overlap on a small corpus ({n:,} tokens): each token is a "
             f"target ~{length / stride:.0f}x per epoch, which risks overfitting (watch the validation loss)"
@@ -356,7 +431,7 @@ def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus) ->
     dropped = len(windows) - len(order) * order.batch_size
     if order.drop_last and dropped > 0.1 * len(windows):
         notes.append(
-            f"drop_last drops {dropped:,} of {len(windows):,} windows each epoch: use --keep-last or a smaller --batch-size"
+            f"--drop-last drops {dropped:,} of {_count(len(windows), 'window')} each epoch: use --keep-last or a smaller --batch-size"
         )
     return notes
 
@@ -365,17 +440,7 @@ def _batches(framework: str, windows: TokenWindows, order: BatchOrder):
     """One epoch of `(inputs, targets)` from `framework`'s loader, in `order`'s batches."""
     if framework == "numpy":
         return (windows.gather(order.batch(0, step)) for step in range(len(order)))
-    if framework == "torch":
-        from windowloader.adapters import torch as adapter
-    else:
-        try:
-            from windowloader.adapters import jax as adapter
-        except ModuleNotFoundError as error:
-            if error.name != "windowloader.adapters.jax":
-                raise
-            raise _Failure(
-                "--framework jax needs windowloader.adapters.jax, which this install lacks"
-            ) from None
+    adapter = importlib.import_module(f"windowloader.adapters.{framework}")  # checked by _framework
     dataset = adapter.create_dataset(
         tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride
     )
@@ -400,11 +465,22 @@ def _time_epoch(framework: str, windows: TokenWindows, order: BatchOrder, max_ba
     if last is not None and hasattr(last[0], "block_until_ready"):
         last[0].block_until_ready()  # JAX dispatches asynchronously: wait for the last copy
     seconds = max(time.perf_counter() - start, 1e-9)
-    what = f"{count:,} batches" if count < len(order) else f"one epoch ({count:,} batches)"
+    what = _count(count, "batch") if count < len(order) else f"one epoch ({_count(count, 'batch')})"
     print(
-        f"iterated {what} with {framework} in {seconds:.3f} s: {count / seconds:,.0f} batches/s, "
+        f"iterated {what} with {framework} in {duration(seconds)}: {count / seconds:,.0f} batches/s, "
         f"{rows * windows.max_length / seconds:,.0f} tokens/s"
     )
+
+
+def duration(seconds: float) -> str:
+    """'2.35 s', '0.045 s', '3.1 ms', '850 µs', '4.2 µs': never '0.000 s'."""
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 0.01:
+        return f"{seconds:.3f} s"
+    if seconds >= 0.001:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs" if seconds >= 1e-5 else f"{seconds * 1e6:.1f} µs"
 
 
 def _nbytes(array) -> int:
@@ -418,28 +494,33 @@ def _shape(framework: str, array) -> str:
 
 
 def _show_overlap(windows: TokenWindows, tokenizer) -> None:
-    """The first two windows decoded, the tokens they share in [brackets]."""
+    """The first two windows decoded, the tokens they share in [brackets] and in full (up to
+    _SHOW_SHARED tokens); in a window over _SHOW_TOKENS tokens the middle of the part it does
+    not share is cut, and the cut says how many tokens it hides."""
     length, stride = windows.max_length, windows.stride
-    first = windows[0][0]
-    if len(windows) < 2:
-        print(f"window 0 = tokens[0:{length}]: {_clip(tokenizer.decode(first.tolist()))}")
+    first = windows[0][0].tolist()
+    shared = max(0, length - stride) if len(windows) > 1 else 0
+    long_window, long_shared = length > _SHOW_TOKENS, shared > _SHOW_SHARED
+    cut = f"  (over {_SHOW_TOKENS} tokens: the middle of its unshared part is cut)" if long_window else ""
+    print(f"window 0 = tokens[0:{length}]{cut}")
+    if not shared:
+        print(f"  {_part(tokenizer, first, long_window)}")
         return
-    second = windows[1][0]
-    shared = max(0, length - stride)
-    print(f"window 0 = tokens[0:{length}]")
-    print(
-        f"  {_clip(tokenizer.decode(first[:stride].tolist()))}[{_clip(tokenizer.decode(first[stride:].tolist()))}]"
-    )
-    print(
-        f"window 1 = tokens[{stride}:{stride + length}]  <- {shared} tokens overlap ({100 * shared / length:.0f}%)"
-    )
-    print(
-        f"  [{_clip(tokenizer.decode(second[:shared].tolist()))}]{_clip(tokenizer.decode(second[shared:].tolist()))}"
-    )
+    second = windows[1][0].tolist()
+    print(f"  {_part(tokenizer, first[:stride], long_window)}[{_part(tokenizer, first[stride:], long_shared)}]")
+    print(f"window 1 = tokens[{stride}:{stride + length}]  <- {_count(shared, 'token')} overlap ({100 * shared / length:.0f}%)")
+    print(f"  [{_part(tokenizer, second[:shared], long_shared)}]{_part(tokenizer, second[shared:], long_window)}")
 
 
-def _clip(text: str) -> str:
-    text = text.replace("\n", "⏎")
-    if len(text) <= 2 * _SHOW_CHARS:
-        return text
-    return f"{text[:_SHOW_CHARS]} … {text[-_SHOW_CHARS:]}"
+def _part(tokenizer, ids: list[int], cut: bool) -> str:
+    """`ids` decoded for a terminal; with `cut`, only _END_TOKENS tokens at each end."""
+    if not cut or len(ids) <= 2 * _END_TOKENS + 1:
+        return printable(tokenizer.decode(ids))
+    hidden = len(ids) - 2 * _END_TOKENS
+    head, tail = tokenizer.decode(ids[:_END_TOKENS]), tokenizer.decode(ids[-_END_TOKENS:])
+    return f"{printable(head)} … {_count(hidden, 'token')} … {printable(tail)}"
+
+
+def printable(text: str) -> str:
+    """`text` with nothing a terminal would act on: control characters escaped, a line break as ⏎."""
+    return text.translate(_ESCAPES)

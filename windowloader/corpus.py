@@ -15,15 +15,16 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import hashlib
+import itertools
 import json
 import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from windowloader import formats
+from windowloader import binary, formats
 
 # Text-like files that a directory contributes unless `suffixes` says otherwise.
 DEFAULT_SUFFIXES = (
@@ -101,11 +102,12 @@ class Source:
 
 @dataclass
 class ReadStats:
-    """What reading found: documents, bytes read and undecodable characters replaced."""
+    """What reading found: documents, bytes read, undecodable characters replaced, binary files."""
 
     documents: int = 0
     bytes_read: int = 0
     replaced_chars: int = 0
+    binary: list[str] = field(default_factory=list)  # the paths of binary files, skipped
 
 
 def resolve(sources, *, suffixes: Sequence[str] = DEFAULT_SUFFIXES, text_field: str = "text") -> list[Source]:
@@ -262,8 +264,9 @@ def pieces(
     """Yields `(text, starts_document)`: every document of `sources`, in order, in pieces.
 
     A text source is split into documents at `separator`; a file is one document; a `.jsonl`
-    line is one document (its `text_field`), and so is a parquet or dataset row. Counts go to
-    `stats` as reading proceeds.
+    line is one document (its `text_field`), and so is a parquet or dataset row. A text file
+    whose first characters are binary (`binary.text_reason`) is skipped and listed in
+    `stats.binary`. Counts go to `stats` as reading proceeds.
     """
     for source in sources:
         if source.text is not None:
@@ -274,7 +277,14 @@ def pieces(
         elif source.kind == "jsonl":
             yield from _jsonl(source, text_field, stats)
         elif source.kind == "file":
-            yield from _document(_file_text(source, stats), stats)
+            replaced, texts = stats.replaced_chars, _file_text(source, stats)
+            first = next(texts)
+            if binary.text_reason(first):  # a binary file a folder or a glob held: skipped
+                texts.close()
+                stats.replaced_chars = replaced
+                stats.binary.append(source.path)
+                continue
+            yield from _document(itertools.chain([first], texts), stats)
         else:
             yield from formats.pieces(source, text_field=text_field, stats=stats)
 
