@@ -83,6 +83,7 @@ class Source:
     ctime_ns: int = 0
     device: int = 0
     inode: int = 0
+    listed: bool = False  # found in a folder or by a glob (a binary one is skipped), not named
 
     def fingerprint(self) -> dict:
         """What identifies this source in a cache key: a text's hash; a file's path, size, mtime,
@@ -231,7 +232,7 @@ def _each_file_once(found) -> list[Source]:
     for name, stat in found:
         if (stat.st_dev, stat.st_ino) not in seen:
             seen.add((stat.st_dev, stat.st_ino))
-            files.append(_file(name, stat))
+            files.append(_file(name, stat, listed=True))
     return files
 
 
@@ -246,7 +247,7 @@ def _missing(path: Path) -> str:
     return f"input {str(path)!r} does not exist: check the path"
 
 
-def _file(path: str, stat: os.stat_result) -> Source:
+def _file(path: str, stat: os.stat_result, *, listed: bool = False) -> Source:
     return Source(
         formats.kind(path),
         path=path,
@@ -255,6 +256,7 @@ def _file(path: str, stat: os.stat_result) -> Source:
         ctime_ns=stat.st_ctime_ns,
         device=stat.st_dev,
         inode=stat.st_ino,
+        listed=listed,
     )
 
 
@@ -265,8 +267,8 @@ def pieces(
 
     A text source is split into documents at `separator`; a file is one document; a `.jsonl`
     line is one document (its `text_field`), and so is a parquet or dataset row. A text file
-    whose first characters are binary (`binary.text_reason`) is skipped and listed in
-    `stats.binary`. Counts go to `stats` as reading proceeds.
+    that a folder or a glob holds and whose first characters are binary (`binary.text_reason`)
+    is skipped and listed in `stats.binary`. Counts go to `stats` as reading proceeds.
     """
     for source in sources:
         if source.text is not None:
@@ -279,7 +281,7 @@ def pieces(
         elif source.kind == "file":
             replaced, texts = stats.replaced_chars, _file_text(source, stats)
             first = next(texts)
-            if binary.text_reason(first):  # a binary file a folder or a glob held: skipped
+            if source.listed and binary.text_reason(first):  # a binary file in a folder: skipped
                 texts.close()
                 stats.replaced_chars = replaced
                 stats.binary.append(source.path)
