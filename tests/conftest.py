@@ -8,15 +8,24 @@ loads), and the suite checks at its end that the folder is unchanged, byte for b
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Read once, at start-up: a test's monkeypatch.setenv never moves the folder the guard watches.
 TIKTOKEN_CACHE_DIR = os.environ.get("TIKTOKEN_CACHE_DIR") or None
+
+# Nothing a test runs writes under ~: the caches that matplotlib, Hugging Face and the loader's
+# default cache folder keep there go to one temporary folder, removed when the session ends.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="windowloader-tests-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+for _name in ("MPLCONFIGDIR", "HF_HOME", "XDG_CACHE_HOME", "WINDOWLOADER_CACHE"):
+    os.environ[_name] = str(_SESSION_HOME / _name.lower())
 
 
 def pytest_report_header(config):
