@@ -23,6 +23,7 @@ import pytest
 
 import windowloader as wl
 from windowloader import cache as cache_module
+from windowloader import corpus as wl_corpus
 from windowloader import integrity
 from windowloader.integrity import CorruptCacheError
 
@@ -554,3 +555,205 @@ def test_a_caches_fingerprint_comes_from_its_checksums_and_equals_the_in_memory_
     from_cache = corpus.windows(max_length=16, stride=16).fingerprint
     monkeypatch.undo()
     assert from_cache == wl.TokenWindows(in_memory, max_length=16, stride=16).fingerprint
+
+
+# --- strict states --------------------------------------------------------------------------
+
+
+def _cursor(tokens=None):
+    from windowloader.order import BatchOrder
+    from windowloader.state import Cursor
+
+    tokens = np.arange(1, 200) if tokens is None else tokens
+    windows = wl.TokenWindows(tokens, max_length=8, stride=4)
+    return Cursor(windows, BatchOrder(len(windows), batch_size=4, seed=5))  # 12 batches
+
+
+def _saved() -> dict:
+    cursor = _cursor()
+    for _ in range(15):
+        cursor.advance()
+    return cursor.state_dict()  # epoch 1, step 3
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("step", 2.7, r"'step' must be int, got 2.7"),
+        ("step", "3", r"'step' must be int, got '3'"),
+        ("step", True, r"'step' must be int, got True"),
+        ("step", None, r"'step' must be int, got None"),
+        ("step", -1, r"'step' must be >= 0"),
+        ("step", 12, r"'step' is 12, outside this loader's 12 batches"),
+        ("epoch", -1, r"'epoch' must be >= 0, got -1"),
+        ("epoch", 1.0, r"'epoch' must be int"),
+        ("seed", False, r"'seed' must be int"),
+        ("seed", -3, r"'seed' must be >= 0"),
+        ("shuffle", 1, r"'shuffle' must be bool, got 1"),
+        ("drop_last", "True", r"'drop_last' must be bool"),
+        ("global_batch_size", 4.0, r"'global_batch_size' must be int"),
+        ("corpus", 7, r"'corpus' must be str"),
+        ("max_length", [8], r"'max_length' must be int"),
+        ("stride", np.float64(4), r"'stride' must be int"),
+    ],
+)
+def test_an_ill_typed_or_out_of_range_field_is_a_value_error_naming_it_at_load(field, value, match):
+    cursor = _cursor()
+    with pytest.raises(ValueError, match=match):
+        cursor.load_state_dict({**_saved(), field: value})
+    assert (cursor.epoch, cursor.step) == (0, 0)  # nothing was loaded
+
+
+@pytest.mark.parametrize("field", ["epoch", "step", "seed", "global_batch_size", "shuffle", "drop_last", "corpus", "max_length", "stride"])
+def test_a_missing_field_is_a_value_error_naming_it(field):
+    state = {key: value for key, value in _saved().items() if key != field}
+    with pytest.raises(ValueError, match=f"no field '{field}'"):
+        _cursor().load_state_dict(state)
+
+
+def test_what_state_dict_wrote_loads_back_through_json_and_numpy_scalars():
+    state = _saved()
+    for same in (
+        json.loads(json.dumps(state)),
+        {**state, "epoch": np.int64(1), "step": np.array(3), "shuffle": np.bool_(True)},
+    ):
+        cursor = _cursor()
+        cursor.load_state_dict(same)
+        assert (cursor.epoch, cursor.step, cursor.order.seed) == (1, 3, 5)
+        assert type(cursor.step) is int and cursor.state_dict() == state
+
+
+# --- ids that do not fit --------------------------------------------------------------------
+
+
+def test_uint64_ids_beyond_int64_are_refused_by_torch():
+    from windowloader.adapters import torch as wl_torch
+
+    tokens = np.array([1, 2**63, 3, 4, 5], dtype=np.uint64)
+    with pytest.raises(ValueError, match=r"token id 9223372036854775808 does not fit torch's int64"):
+        wl_torch.create_dataset(tokens=tokens, max_length=2, stride=1)
+    fine = wl_torch.create_dataset(tokens=np.array([1, 2**63 - 1, 3], dtype=np.uint64), max_length=2, stride=1)
+    assert fine[0][0].tolist() == [1, 2**63 - 1]
+
+
+@pytest.mark.parametrize(
+    "largest, dtype, hint",
+    [
+        (2**63, "int32", "no JAX dtype for token ids holds it"),
+        (2**40, "int32", "jnp.int64 after jax.config.update"),
+        (40_000, "int16", "use dtype=jnp.int32"),
+    ],
+)
+def test_ids_beyond_the_jax_dtype_are_refused_with_the_hint_for_the_case(largest, dtype, hint):
+    from windowloader.adapters import jax as wl_jax
+
+    dataset = wl_jax.create_dataset(tokens=np.array([1, largest, 3, 4], dtype=np.uint64), max_length=2, stride=1)
+    with pytest.raises(ValueError, match=rf"cannot hold token id {largest} .*{re.escape(hint)}"):
+        wl_jax.create_dataloader(dataset, batch_size=1, dtype=dtype)
+
+
+# --- no hangs: Ctrl-C during a slow JAX prefetch build ------------------------------------------
+
+_JAX_LOOP = textwrap.dedent(
+    """
+    import threading, time
+    import numpy as np
+    from windowloader.adapters import jax as wl_jax
+    dataset = wl_jax.create_dataset(tokens=np.arange(1, 2000), max_length=8, stride=8)
+    loader = wl_jax.create_dataloader(dataset, batch_size=1, shuffle=False, prefetch=2)
+    real = loader.batches.build
+    def build(windows):
+        if threading.current_thread().name == "windowloader-prefetch":
+            print("slow build", flush=True)
+            time.sleep(35)
+        return real(windows)
+    loader.batches.build = build
+    try:
+        for batch in loader:
+            time.sleep(0.05)  # a busy step: the loader builds ahead in its thread
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_a_jax_loop_within_a_second_during_a_slow_prefetch_build():
+    process = subprocess.Popen([sys.executable, "-c", _JAX_LOOP], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "slow build"
+        time.sleep(0.2)  # the loop is now waiting for the batch being built
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.stdout.readline().strip() == "stopped"
+        assert time.monotonic() - interrupted < 1.0
+        process.wait(timeout=5)
+    finally:
+        process.kill()
+        process.wait()
+
+
+# --- one walk: globs and folders agree, each real file once, no loop -------------------------
+
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "a.txt").write_text("A")
+    (root / "sub" / "b.txt").write_text("B")
+    (tmp_path / "outside" / "c.txt").write_text("C")
+    (root / "sub" / "loop").symlink_to(root)  # a symlink loop
+    (root / "again").symlink_to(root / "sub")  # a second way into sub
+    (root / "ext").symlink_to(tmp_path / "outside")  # a symlinked folder elsewhere
+    os.link(root / "a.txt", root / "hard.txt")  # a hard link: the same file
+    (root / "alias.txt").symlink_to(root / "sub" / "b.txt")
+    return root
+
+
+def test_a_glob_and_a_folder_read_each_real_file_once_through_links_and_loops(tmp_path):
+    root = _tree(tmp_path)
+    # Each real file once, under the first of its paths in sorted order: a.txt (also hard.txt),
+    # again/b.txt (also alias.txt, sub/b.txt, sub/loop/...), ext/c.txt.
+    expected = [root / "a.txt", root / "again" / "b.txt", root / "ext" / "c.txt"]
+    for source in (root, root / "**" / "*.txt"):
+        resolved = wl_corpus.resolve(source)
+        assert [Path(s.path) for s in resolved] == expected, source
+        corpus = wl.tokenize_corpus(source, "bytes", cache_dir=tmp_path / "cache")
+        assert corpus.tokens.tolist() == [65, 256, 66, 256, 67]
+
+
+def test_glob_patterns_match_like_glob_where_there_is_no_link(tmp_path):
+    import glob
+
+    for name in ["x.txt", "y.md", "d/x.txt", "d/e/z.txt", "d/.hidden.txt", ".h/q.txt", "f/g/h/i.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    for pattern in ["**/*.txt", "*.txt", "d/*.txt", "*/*.txt", "d/**/*.txt", "**/e/*.txt", "?/*/*/*.txt", "[df]/**/*.txt"]:
+        want = sorted(p for p in glob.glob(str(tmp_path / pattern), recursive=True) if p.endswith(".txt"))
+        got = [s.path for s in wl_corpus.resolve(tmp_path / pattern)]
+        assert got == want, pattern
+
+
+def test_a_relative_glob_resolves_from_the_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    assert [s.path for s in wl_corpus.resolve(Path("d/*.txt"))] == [str(tmp_path / "d" / "x.txt")]
+
+
+# --- exact tokens for any line length ---------------------------------------------------------
+
+
+def test_a_20_mb_line_without_a_newline_gives_exactly_the_ids_of_encoding_it_whole(tmp_path, gpt2):
+    rng = random.Random(11)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(1, 11))) for _ in range(5000)]
+    words += ["hello,", "world.", "'s", "  ", "(x)", "42", "ünï", "漢字"]
+    text = " ".join(rng.choices(words, k=3_400_000))[: 20 << 20]
+    assert "\n" not in text and len(text) >= 20_000_000
+    cut = 16 << 20  # where the reader used to cut a line with no line break, mid-word here
+    if not (text[cut - 1].isalpha() and text[cut].isalpha()):
+        text = text[: cut - 1] + "xy" + text[cut + 1 :]
+    path = tmp_path / "line.txt"
+    path.write_text(text, encoding="utf-8")
+    corpus = wl.tokenize_corpus(path, gpt2, cache_dir=tmp_path / "cache")
+    assert np.array_equal(corpus.tokens, gpt2.encode_to_numpy(text, disallowed_special=()))

@@ -77,3 +77,13 @@ def non_negative_number(name: str, value: object) -> float:
     if not value >= 0:
         raise ValueError(f"{name} must be a number of seconds >= 0, got {value}")
     return float(value)
+
+
+def id_beyond(tokens: np.ndarray, dtype) -> int | None:
+    """The largest id in `tokens` if `dtype` cannot hold it, else None. Reads the tokens only when
+    their dtype may hold ids that `dtype` cannot (uint64 for int64, uint32 for int32, ...)."""
+    dtype = np.dtype(dtype)
+    if np.can_cast(tokens.dtype, dtype) or not tokens.size:
+        return None
+    largest = int(tokens.max())
+    return largest if largest > np.iinfo(dtype).max else None

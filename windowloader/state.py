@@ -6,7 +6,10 @@ reverse, because the state names global batches, never framework objects.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
+
+import numpy as np
 
 from windowloader.order import BatchOrder
 from windowloader.windows import TokenWindows
@@ -17,6 +20,18 @@ _RETIRED_FORMATS = ("windowloader/1",)
 
 # Fields that must match between a saved state and the loader that loads it.
 _MUST_MATCH = ("corpus", "max_length", "stride", "global_batch_size", "shuffle", "drop_last")
+# Every field a state holds besides its format, the kind of value it must be, and the least.
+_FIELDS = {
+    "epoch": (int, 0),
+    "step": (int, 0),
+    "seed": (int, 0),
+    "global_batch_size": (int, 1),
+    "shuffle": (bool, None),
+    "drop_last": (bool, None),
+    "corpus": (str, None),
+    "max_length": (int, 1),
+    "stride": (int, 1),
+}
 
 
 class Cursor:
@@ -68,16 +83,48 @@ class Cursor:
                 f"state is not a windowloader state (expected format {FORMAT!r}): "
                 "pass what loader.state_dict() returned"
             )
+        state = _checked(state)
         mine = self.state_dict()
         for field in _MUST_MATCH:
-            if state.get(field) != mine[field]:
+            if state[field] != mine[field]:
                 raise ValueError(
-                    f"state was saved with {field}={state.get(field)!r} but this loader has "
+                    f"state was saved with {field}={state[field]!r} but this loader has "
                     f"{field}={mine[field]!r}: resume with the corpus and configuration it was "
                     "saved with"
                 )
-        epoch, step = int(state["epoch"]), int(state["step"])
-        if not 0 <= step < len(self.order):
-            raise ValueError(f"state has step={step}, outside this loader's {len(self.order)} batches")
-        self.order.seed = int(state["seed"])
-        self.epoch, self.step = epoch, step
+        if state["step"] >= len(self.order):
+            raise ValueError(
+                f"state field 'step' is {state['step']}, outside this loader's {len(self.order)} batches "
+                f"(0 to {len(self.order) - 1}): pass what loader.state_dict() returned"
+            )
+        self.order.seed = state["seed"]
+        self.epoch, self.step = state["epoch"], state["step"]
+
+
+def _checked(state: dict) -> dict:
+    """`state`'s fields as plain Python values, each of exactly the kind `state_dict` writes (a
+    numpy scalar or 0-d array of it too, as orbax gives back): `True` is no step, 2.7 no epoch."""
+    plain = {}
+    for field, (kind, least) in _FIELDS.items():
+        if field not in state:
+            raise ValueError(f"state has no field {field!r}: pass what loader.state_dict() returned")
+        value = state[field]
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value[()]
+        if kind is bool:
+            ok = isinstance(value, (bool, np.bool_))
+        elif kind is int:
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            raise ValueError(
+                f"state field {field!r} must be {kind.__name__}, got {value!r} ({type(value).__name__}): "
+                "pass what loader.state_dict() returned"
+            )
+        plain[field] = kind(value)
+        if least is not None and plain[field] < least:
+            raise ValueError(
+                f"state field {field!r} must be >= {least}, got {plain[field]}: pass what loader.state_dict() returned"
+            )
+    return plain

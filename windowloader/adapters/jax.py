@@ -41,6 +41,8 @@ _EMA = 0.25
 # Consecutive batches that must agree before building ahead turns on or off: one slow
 # iteration (a log line, the scheduler) does not start a thread.
 _VOTES = 3
+# The longest close() waits for a build in progress, so that Ctrl-C stops a loop within a second.
+_JOIN_S = 0.5
 TRANSFERS = ("arrays", "rows")
 
 
@@ -371,15 +373,17 @@ class _Feeder:
                 return
 
     def close(self) -> None:
-        """Stops the thread and waits for it; safe to call twice (at exit, the atexit hook
-        closes it first and the generator's `finally` again, once `threading` is torn down)."""
+        """Stops the thread and waits for it, `_JOIN_S` at most: a longer build (Ctrl-C during a
+        slow one) finishes on its own, and the daemon thread ends after it. Safe to call twice
+        (at exit, the atexit hook closes it first and the generator's `finally` again, once
+        `threading` is torn down)."""
         if self._stopped:
             return
         with self._lock:
             self._stopped = True
             self._lock.notify_all()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=_JOIN_S)
         self._ready.clear()  # free the device buffers now
         _LIVE.discard(self)
 
@@ -498,14 +502,15 @@ def _check_dtype(dtype, tokens: np.ndarray) -> np.dtype:
             f"dtype={dtype} needs 64-bit JAX, which is off: use dtype=jnp.int32, or "
             "jax.config.update('jax_enable_x64', True) first"
         )
-    # A scan of the stream only when its dtype may hold ids that `dtype` cannot.
-    if not np.can_cast(tokens.dtype, dtype) and tokens.size:
-        largest = int(tokens.max())
-        if largest > np.iinfo(dtype).max:
-            raise ValueError(
-                f"dtype={dtype} cannot hold token id {largest} (its max is {np.iinfo(dtype).max}): "
-                "use dtype=jnp.int32"
-            )
+    largest = _checks.id_beyond(tokens, dtype)
+    if largest is not None:
+        if largest > np.iinfo(np.int64).max:
+            fix = "no JAX dtype for token ids holds it; ids this large are corrupt data or a wrong dtype, check the tokens"
+        elif largest > np.iinfo(np.int32).max:
+            fix = "use dtype=jnp.int64 after jax.config.update('jax_enable_x64', True)"
+        else:
+            fix = "use dtype=jnp.int32"
+        raise ValueError(f"dtype={dtype} cannot hold token id {largest} (its max is {np.iinfo(dtype).max}): {fix}")
     return dtype
 
 

@@ -85,6 +85,12 @@ class GPTDatasetV1(Dataset):
         return dataset
 
     def _set(self, windows: TokenWindows | PackedRows, return_weights: bool, return_segments: bool = False) -> None:
+        largest = _checks.id_beyond(windows.tokens, np.int64)
+        if largest is not None:  # uint64 ids would wrap to negative int64
+            raise ValueError(
+                f"token id {largest} does not fit torch's int64 (its max is 2**63 - 1): ids this large "
+                "are corrupt data or a wrong dtype, not a tokenizer's; check the tokens"
+            )
         self.windows = windows
         self.return_weights = _checks.boolean("return_weights", return_weights)
         self.return_segments = _checks.boolean("return_segments", return_segments)
