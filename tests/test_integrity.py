@@ -645,11 +645,14 @@ def test_uint64_ids_beyond_int64_are_refused_by_torch():
     ],
 )
 def test_ids_beyond_the_jax_dtype_are_refused_with_the_hint_for_the_case(largest, dtype, hint):
+    import jax
+    from jax.sharding import Mesh
+
     from windowloader.adapters import jax as wl_jax
 
     dataset = wl_jax.create_dataset(tokens=np.array([1, largest, 3, 4], dtype=np.uint64), max_length=2, stride=1)
     with pytest.raises(ValueError, match=rf"cannot hold token id {largest} .*{re.escape(hint)}"):
-        wl_jax.create_dataloader(dataset, batch_size=1, dtype=dtype)
+        wl_jax.create_dataloader(dataset, batch_size=1, dtype=dtype, mesh=Mesh(jax.devices()[:1], ("data",)))
 
 
 # --- no hangs: Ctrl-C during a slow JAX prefetch build ------------------------------------------
@@ -657,10 +660,12 @@ def test_ids_beyond_the_jax_dtype_are_refused_with_the_hint_for_the_case(largest
 _JAX_LOOP = textwrap.dedent(
     """
     import threading, time
+    import jax
     import numpy as np
     from windowloader.adapters import jax as wl_jax
     dataset = wl_jax.create_dataset(tokens=np.arange(1, 2000), max_length=8, stride=8)
-    loader = wl_jax.create_dataloader(dataset, batch_size=1, shuffle=False, prefetch=2)
+    mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+    loader = wl_jax.create_dataloader(dataset, batch_size=1, shuffle=False, prefetch=2, mesh=mesh)
     real = loader.batches.build
     def build(windows):
         if threading.current_thread().name == "windowloader-prefetch":
