@@ -1,5 +1,5 @@
 """The token cache: `tokenize_corpus` tokenizes once into `<key>.bin` + `<key>.idx` + `<key>.json`
-and reopens the result as an `np.memmap` in milliseconds ever after.
+and reopens the result as an `np.memmap` ever after, checked against the checksums it was built with.
 
 `<key>.bin` holds raw token ids (uint16 when the vocabulary fits in 16 bits, else uint32, native
 byte order); `<key>.idx` each document's first offset (int64); `<key>.json` is written last and
@@ -96,7 +96,7 @@ class TokenizedCorpus:
     @classmethod
     def open(cls, path: str | os.PathLike) -> TokenizedCorpus:
         """Opens the cache at `path` (the `.bin` that `tokenize_corpus` or `windowloader prepare`
-        made) without looking at the sources again: constant time whatever the corpus.
+        made) without looking at the sources again.
 
         Every byte of the `.bin` and `.idx` is checked against the checksums in the sidecar
         first (about 0.5 s per GB; docs/integrity.md).
