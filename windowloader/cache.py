@@ -298,7 +298,8 @@ def _locked(path: Path, timeout: float):
                         "(--lock-timeout)"
                     ) from None
                 if now >= next_report:
-                    print(f"windowloader: waiting for {_holder(handle)} to finish this cache ({str(path)!r})", file=sys.stderr)
+                    holder = _holder(handle)
+                    print(f"windowloader: waiting for {holder} to finish this cache ({str(path)!r})", file=sys.stderr)
                     next_report = now + _LOCK_REPORT_S
                 time.sleep(_LOCK_POLL_S)
         try:
@@ -365,7 +366,10 @@ def _content_problem(bin_path: Path, meta: dict) -> str | None:
         except OSError:
             return f"missing its file {path.name}"
         if size != expected:
-            return f"{_CORRUPT}: {path.name} has {size} bytes where its sidecar says {expected} (truncated or corrupt)"
+            return (
+                f"{_CORRUPT}: {path.name} has {size} bytes where its sidecar says {expected} "
+                "(truncated or corrupt)"
+            )
         chunk = integrity.first_mismatch(path, sums, meta["chunk_bytes"])
         if chunk is not None:
             where = integrity.describe_chunk(path, chunk, meta["chunk_bytes"])
@@ -382,7 +386,8 @@ def _index_problem(offsets: np.ndarray, meta: dict) -> str | None:
     if (steps < 0).any() or (meta["separator_tokens"] and (steps == 0).any()):
         return f"{_CORRUPT}: its document index is not strictly increasing"
     if offsets[-1] > meta["tokens"]:
-        return f"{_CORRUPT}: its document index holds offset {int(offsets[-1])}, beyond its {meta['tokens']} tokens"
+        last = int(offsets[-1])
+        return f"{_CORRUPT}: its document index holds offset {last}, beyond its {meta['tokens']} tokens"
     return None
 
 

@@ -88,17 +88,18 @@ _FIELDS = {
 
 
 def _consistency(meta: dict, bin_path: Path) -> str | None:
-    dtype = np.dtype(meta["dtype"])
-    if dtype != cache_dtype(meta["vocab_size"]):
-        return f"described as {dtype.name} ids where a vocabulary of {meta['vocab_size']} ids makes {cache_dtype(meta['vocab_size']).name}"
+    dtype, expected = np.dtype(meta["dtype"]), cache_dtype(meta["vocab_size"])
+    if dtype != expected:
+        return f"described as {dtype.name} ids where a vocabulary of {meta['vocab_size']} ids makes {expected.name}"
     if meta["vocab_size"] is not None and meta["max_id"] >= meta["vocab_size"]:
         return f"described with a largest id {meta['max_id']} outside its vocabulary of {meta['vocab_size']}"
     if meta["max_id"] > np.iinfo(dtype).max:
         return f"described with a largest id {meta['max_id']} beyond {dtype.name}"
     if meta["documents"] > meta["tokens"]:
         return f"described with {meta['documents']} documents but only {meta['tokens']} tokens"
-    if meta["doc_offsets"] != bin_path.with_suffix(".idx").name:
-        return f"described with a document index {_short(meta['doc_offsets'])}, not its sibling {bin_path.with_suffix('.idx').name!r}"
+    sibling = bin_path.with_suffix(".idx").name
+    if meta["doc_offsets"] != sibling:
+        return f"described with a document index {_short(meta['doc_offsets'])}, not its sibling {sibling!r}"
     for field, size in (("bin_sums", meta["tokens"] * dtype.itemsize), ("idx_sums", meta["documents"] * 8)):
         if len(meta[field]) != -(-size // meta["chunk_bytes"]):
             return f"described by a sidecar with {len(meta[field])} {field} for {size} bytes"

@@ -125,6 +125,7 @@ def _checked(state: dict) -> dict:
         plain[field] = kind(value)
         if least is not None and plain[field] < least:
             raise ValueError(
-                f"state field {field!r} must be >= {least}, got {plain[field]}: pass what loader.state_dict() returned"
+                f"state field {field!r} must be >= {least}, got {plain[field]}: "
+                "pass what loader.state_dict() returned"
             )
     return plain

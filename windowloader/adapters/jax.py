@@ -505,7 +505,7 @@ def _check_dtype(dtype, tokens: np.ndarray) -> np.dtype:
     largest = _checks.id_beyond(tokens, dtype)
     if largest is not None:
         if largest > np.iinfo(np.int64).max:
-            fix = "no JAX dtype for token ids holds it; ids this large are corrupt data or a wrong dtype, check the tokens"
+            fix = "no JAX dtype for token ids holds it; ids this large are corrupt data or a wrong dtype"
         elif largest > np.iinfo(np.int32).max:
             fix = "use dtype=jnp.int64 after jax.config.update('jax_enable_x64', True)"
         else:
