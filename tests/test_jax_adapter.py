@@ -378,15 +378,17 @@ loader = create_dataloader(create_dataset(tokens=np.arange(2_000), max_length=8,
 iterator = iter(loader)
 for served, batch in enumerate(iterator, start=1):
     if served == 8:
-        break  # the thread now waits on a full queue; the interpreter exits with it alive
-    time.sleep(0.05)  # a busy loop: the loader builds ahead in its thread
+        break  # a busy loop's thread now waits on a full queue; the interpreter exits with it alive
+    time.sleep(BUSY_S)  # when > 0, a busy loop: the loader builds ahead in its thread
 print("served", loader.state_dict()["step"])
 """
 
 
-def test_interpreter_exit_with_a_prefetching_loop_open_does_not_hang():
+@pytest.mark.parametrize("busy_s", [BUSY_S, 0], ids=["busy-loop-thread", "quick-loop-no-thread"])
+def test_interpreter_exit_with_a_prefetching_loop_open_does_not_hang(busy_s):
+    script = f"BUSY_S = {busy_s}\n{_EXIT_SCRIPT}"
     done = subprocess.run(
-        [sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "served 8"
