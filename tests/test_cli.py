@@ -539,3 +539,31 @@ def test_the_specification_commands_run_verbatim_from_the_root(tmp_path):
         _, length, stride, batch = (argv[i] for i in (1, 3, 5, 7))
         assert f"(max_length {length}, stride {stride})" in row(result.stdout, "windows")
         assert f"(batch_size {batch}," in row(result.stdout, "batches per epoch")
+
+
+def test_document_lengths_crossings_and_the_packing_are_shown(tmp_path, cache_args, capsys):
+    texts = ["a" * 5, "b" * 30, "c" * 12, "d" * 3]  # bytes: one token per character
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(text)
+    args = [*(tmp_path / f"{i}.txt" for i in range(4)), "--tokenizer", "bytes", "--max-length", 8, "--stride", 4]
+    _, out, _ = run([*args, *cache_args, "--framework", "numpy"], capsys)
+    # The reference, by hand: each document after the first opens with the separator's bytes.
+    from windowloader import load_tokenizer
+
+    separator = len(load_tokenizer("bytes").encode("<|endoftext|>", allowed_special="all"))
+    lengths = [len(texts[0])] + [separator + len(text) for text in texts[1:]]
+    starts = [sum(lengths[:i]) for i in range(4)]
+    n = sum(lengths)
+    windows = range(0, n - 8, 4)
+    crossing = sum(any(w < s <= w + 8 for s in starts) for w in windows) / len(windows)
+    documents = row(out, "documents")
+    ordered = sorted(lengths)
+    median = (ordered[1] + ordered[2]) / 2
+    p99 = ordered[2] + 0.97 * (ordered[3] - ordered[2])  # 99% of the way from first to last: rank 2.97
+    assert documents.startswith(f"4  (median {median:,.0f} tokens, p99 {p99:,.0f};")
+    assert f"{100 * crossing:.1f}% of windows cross a document start" in documents
+    code, out, _ = run([*args, *cache_args, "--framework", "numpy", "--dataset", "packed_docs"], capsys)
+    assert code == 0 and number(out, "cropped") == 0
+    assert 0 <= number(out, "padding") < 100 and number(out, "packed rows") > 0
+    code, _, err = run([*args, *cache_args, "--dataset", "packed_docs", "--stride", 9], capsys)
+    assert code == 2 and "stride must be at most max_length=8" in err and "Traceback" not in err

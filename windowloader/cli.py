@@ -27,6 +27,9 @@ from windowloader.corpus import check_paths, resolve
 from windowloader.formats import is_url
 from windowloader.integrity import CorruptCacheError
 from windowloader.order import BatchOrder
+from windowloader.packing import PackedRows
+from windowloader.segments import document_stats
+from windowloader.source import DATASET_TYPES, windows_from_arguments
 from windowloader.tokenizer import load_tokenizer
 from windowloader.windows import TokenWindows
 
@@ -153,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-batches", type=_positive_int, help="iterate this many batches, not a whole epoch"
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=DATASET_TYPES,
+        default="gpt_v1",
+        help="gpt_v1: sliding windows (default); packed_docs: document-aligned rows, --stride apart "
+        "inside long documents",
     )
     _add_corpus_flags(parser)
     return parser
@@ -315,6 +325,10 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer, framewor
             f"{config.max_length + 1:,}{_via(config, 'max_length')}): pass a smaller --max-length or more text"
         )
     windows = corpus.windows(max_length=config.max_length, stride=config.stride)
+    if args.dataset == "packed_docs":
+        windows = windows_from_arguments(
+            "packed_docs", txt=None, tokenizer=None, tokens=corpus, max_length=config.max_length, stride=config.stride
+        )
     if config.batch_size > len(windows) and (args.drop_last or framework == "jax"):
         # Dropped, the last partial batch leaves none; JAX pads it to batch_size rows, mostly padding.
         why = "--drop-last would leave no batch" if args.drop_last else "--framework jax pads the last batch to --batch-size rows"
@@ -331,14 +345,17 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer, framewor
         drop_last=args.drop_last,
         seed=args.seed,
     )
-    inputs, targets = next(_batches(framework, windows, order))
-    _print_table(_rows(args, corpus, windows, order, config, framework, inputs, targets))
-    for note in _notes(windows, order, corpus, config):
-        print(f"note: {note}")
+    inputs, targets = next(_batches(framework, windows, order, corpus))[:2]
+    if isinstance(windows, PackedRows):
+        _print_table(_packed_rows(corpus, windows, order, framework, inputs, targets))
+    else:
+        _print_table(_rows(args, corpus, windows, order, config, framework, inputs, targets))
+        for note in _notes(windows, order, corpus, config):
+            print(f"note: {note}")
+        print()
+        _show_overlap(windows, tokenizer)
     print()
-    _show_overlap(windows, tokenizer)
-    print()
-    _time_epoch(framework, windows, order, args.max_batches)
+    _time_epoch(framework, windows, order, corpus, args.max_batches)
 
 
 def _via(config: _Config, name: str) -> str:
@@ -371,7 +388,7 @@ def _rows(args, corpus, windows: TokenWindows, order: BatchOrder, config: _Confi
         ("tokenizer", corpus.meta["tokenizer"]),
         ("token cache", f"{cache}: {corpus.path}"),
         ("tokens", f"{n:,}"),
-        ("documents", f"{corpus.n_documents:,}"),
+        ("documents", _documents(corpus, length, stride)),
         ("windows", f"{len(windows):,}  (max_length {length}, stride {stride}{preset})"),
         (
             "batches per epoch",
@@ -390,6 +407,36 @@ def _rows(args, corpus, windows: TokenWindows, order: BatchOrder, config: _Confi
     if corpus.replaced_chars:
         rows.append(("replaced chars", f"{corpus.replaced_chars:,}  (undecodable bytes read as U+FFFD)"))
     return rows
+
+
+def _documents(corpus: TokenizedCorpus, max_length: int, stride: int) -> str:
+    stats = document_stats(corpus.doc_starts, len(corpus), max_length=max_length, stride=stride)
+    return (
+        f"{stats['documents']:,}  (median {stats['median']:,.0f} tokens, p99 {stats['p99']:,.0f}; "
+        f"{100 * stats['crossing']:.1f}% of windows cross a document start)"
+    )
+
+
+def _packed_rows(corpus, rows: PackedRows, order: BatchOrder, framework: str, inputs, targets):
+    """The table for --dataset packed_docs: what the packing holds, crops and pads."""
+    stats = rows.stats()
+    cache = "cache hit" if corpus.cached else "tokenized now"
+    length = rows.max_length
+    return [
+        ("corpus", f"{corpus.meta['bytes']:,} bytes, {corpus.meta['tokenizer']} ({cache}: {corpus.path})"),
+        ("tokens", f"{len(corpus):,}"),
+        ("documents", _documents(corpus, length, rows.stride)),
+        (
+            "packed rows",
+            f"{stats['rows']:,}  (max_length {length} + 1, stride {rows.stride} inside longer documents; "
+            f"{100 * stats['multi_document_rows']:.1f}% hold several documents)",
+        ),
+        ("batches per epoch", f"{len(order):,}  (batch_size {order.batch_size})"),
+        ("padding", f"{100 * stats['padding']:.2f}% of input slots"),
+        ("repeated", f"{100 * stats['repeated']:.2f}% of input slots (overlap in long documents, weight 0)"),
+        ("cropped", f"{stats['cropped']:,} tokens  (never a weighted target)"),
+        ("batch shape", f"inputs {_shape(framework, inputs)}, targets {_shape(framework, targets)}"),
+    ]
 
 
 def _print_table(rows: list[tuple[str, str]]) -> None:
@@ -436,14 +483,19 @@ def _notes(windows: TokenWindows, order: BatchOrder, corpus: TokenizedCorpus, co
     return notes
 
 
-def _batches(framework: str, windows: TokenWindows, order: BatchOrder):
-    """One epoch of `(inputs, targets)` from `framework`'s loader, in `order`'s batches."""
+def _batches(framework: str, windows: TokenWindows | PackedRows, order: BatchOrder, corpus: TokenizedCorpus):
+    """One epoch of batches from `framework`'s loader, in `order`'s batches."""
     if framework == "numpy":
         return (windows.gather(order.batch(0, step)) for step in range(len(order)))
     adapter = importlib.import_module(f"windowloader.adapters.{framework}")  # checked by _framework
-    dataset = adapter.create_dataset(
-        tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride
-    )
+    if isinstance(windows, PackedRows):  # the packing table stored beside the cache is reused
+        dataset = adapter.create_dataset(
+            "packed_docs", tokens=corpus, max_length=windows.max_length, stride=windows.stride
+        )
+    else:
+        dataset = adapter.create_dataset(
+            tokens=windows.tokens, max_length=windows.max_length, stride=windows.stride
+        )
     loader = adapter.create_dataloader(
         dataset,
         batch_size=order.batch_size,
@@ -454,8 +506,8 @@ def _batches(framework: str, windows: TokenWindows, order: BatchOrder):
     return iter(loader)
 
 
-def _time_epoch(framework: str, windows: TokenWindows, order: BatchOrder, max_batches: int | None) -> None:
-    batches = _batches(framework, windows, order)
+def _time_epoch(framework: str, windows, order: BatchOrder, corpus: TokenizedCorpus, max_batches: int | None) -> None:
+    batches = _batches(framework, windows, order, corpus)
     count = rows = 0
     start = time.perf_counter()
     last = None

@@ -101,3 +101,19 @@ def cu_seqlens(segment_ids: np.ndarray) -> np.ndarray:
     opens = np.ones(segment_ids.shape, dtype=bool)
     opens[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     return np.append(np.flatnonzero(opens), segment_ids.size).astype(np.int32)
+
+
+def document_stats(doc_starts: np.ndarray, n_tokens: int, *, max_length: int, stride: int) -> dict:
+    """documents; median and p99 document length in tokens; crossing: the share of the sliding
+    windows (`TokenWindows(max_length, stride)`) whose tokens hold a start after their first."""
+    lengths = np.diff(doc_starts, append=n_tokens)
+    window_starts = np.arange(len(range(0, n_tokens - max_length, stride)), dtype=np.int64) * stride
+    inside = np.searchsorted(doc_starts, window_starts + max_length, side="right") - np.searchsorted(
+        doc_starts, window_starts, side="right"
+    )
+    return {
+        "documents": len(doc_starts),
+        "median": float(np.median(lengths)),
+        "p99": float(np.percentile(lengths, 99)),
+        "crossing": float((inside > 0).mean()) if len(window_starts) else 0.0,
+    }
