@@ -20,7 +20,8 @@ from gpt_config import SIZES, GPTConfig, TrainConfig
 
 from windowloader import load_tokenizer
 from windowloader.cli import default_corpus
-from windowloader.tokenizer import encode_to_array
+from windowloader.segments import corpus_doc_starts
+from windowloader.tokenizer import ENDOFTEXT, encode, encode_to_array
 
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The flags of both training scripts (and of compare_frameworks.py, which passes them on)."""
@@ -42,6 +43,16 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--predict-once", action="store_true", help="weight the loss so each token is predicted once"
+    )
+    parser.add_argument(
+        "--documents",
+        action="store_true",
+        help="attend within each document only, positions restarting at each (segments from the document starts)",
+    )
+    parser.add_argument(
+        "--packed",
+        action="store_true",
+        help="train on document-packed rows (dataset_type packed_docs: nothing cropped, weighted loss)",
     )
     parser.add_argument("--input", help="a UTF-8 text file (default: CPython's language reference topics)")
     parser.add_argument("--tokenizer", help="tiktoken name, .tiktoken file or 'bytes' (default gpt2)")
@@ -117,6 +128,9 @@ class Corpus:
     train: np.ndarray
     val: np.ndarray
     source: str
+    # Each part's document starts (the separator opens the document after it), when asked for.
+    train_starts: np.ndarray | None = None
+    val_starts: np.ndarray | None = None
 
     @property
     def entropies(self) -> dict[str, float]:
@@ -158,15 +172,40 @@ def load_corpus(args: argparse.Namespace) -> Corpus:
         )
     text, source = _read(args.input)
     tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships with windowloader
-    vocab, compact = np.unique(encode_to_array(tokenizer, text), return_inverse=True)
+    ids = encode_to_array(tokenizer, text)
+    vocab, compact = np.unique(ids, return_inverse=True)
     compact = compact.astype(np.uint16 if len(vocab) <= 1 << 16 else np.uint32)
     cut = int(len(compact) * (1 - args.val_fraction))
     corpus = Corpus(tokenizer, vocab, compact[:cut], compact[cut:], source)
+    if getattr(args, "documents", False) or getattr(args, "packed", False):
+        starts = document_starts(tokenizer, text, len(ids))
+        corpus.train_starts = starts[starts < cut]
+        corpus.val_starts = np.union1d([0], starts[starts >= cut] - cut)  # the cut opens a document too
     try:
         corpus.encode(args.prompt)  # a --prompt the model cannot read fails now, not after training
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     return corpus
+
+
+def document_starts(tokenizer, text: str, n_tokens: int) -> np.ndarray:
+    """Where each of the text's documents (joined by ENDOFTEXT) starts in its `n_tokens` ids:
+    counted from each document's own length, never by searching the ids for the separator."""
+    separator = len(encode(tokenizer, ENDOFTEXT))
+    lengths = [len(encode_to_array(tokenizer, document)) if document else 0 for document in text.split(ENDOFTEXT)]
+    if sum(lengths) + separator * (len(lengths) - 1) != n_tokens:
+        raise SystemExit("error: the documents encoded one by one do not add up to the text's tokens")
+    offsets = np.cumsum([0, *lengths[:-1]]) + separator * np.arange(len(lengths))  # each one's text
+    return corpus_doc_starts(offsets, separator, n_tokens)
+
+
+def fields(batch) -> tuple:
+    """(inputs, targets, weights, segment_ids, positions) of a loader's batch, None where absent:
+    the batch is (inputs, targets[, weights][, segment_ids, positions]), so its length tells."""
+    inputs, targets, *rest = batch
+    weights = rest[0] if len(rest) in (1, 3) else None
+    segment_ids, positions = rest[-2:] if len(rest) >= 2 else (None, None)
+    return inputs, targets, weights, segment_ids, positions
 
 
 def _read(path: str | None) -> tuple[str, str]:

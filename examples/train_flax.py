@@ -2,6 +2,7 @@
 
     python examples/train_flax.py                       # tiny model, CPython's docs, ~1 minute on a CPU
     python examples/train_flax.py --size small --steps 2000 --predict-once
+    python examples/train_flax.py --packed                # document-packed rows, attention within documents
 
 Runs on JAX's default backend (GPU or TPU when present, else the CPU). Writes out/flax.json.
 """
@@ -36,10 +37,14 @@ class Block(nnx.Module):
         self.ln1, self.qkv, self.proj = norm(), dense(d, 3 * d), residual(d, d)
         self.ln2, self.fc, self.out = norm(), dense(d, 4 * d), residual(4 * d, d)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         b, t, d = x.shape
         qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, self.n_head, d // self.n_head)
-        attended = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], is_causal=True)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if mask is None:
+            attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        else:
+            attended = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
         x = x + self.proj(attended.reshape(b, t, d))  # (b, t, head, d_head) -> (b, t, d)
         return x + self.out(jax.nn.gelu(self.fc(self.ln2(x)), approximate=True))
 
@@ -52,16 +57,23 @@ class GPT(nnx.Module):
         self.blocks = nnx.List([Block(config, rngs) for _ in range(config.n_layer)])
         self.ln_f = nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, rngs=rngs)
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        x = self.tokens(ids) + self.positions(jnp.arange(ids.shape[1]))
+    def __call__(self, ids: jax.Array, segment_ids=None, positions=None) -> jax.Array:
+        """Logits; with `segment_ids`, each position attends to its own document only, and
+        `positions` (restarting at 0 in each document) index the position embedding."""
+        x = self.tokens(ids) + self.positions(jnp.arange(ids.shape[1]) if positions is None else positions)
+        mask = None
+        if segment_ids is not None:  # (b, t, t): same document, and causal
+            causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), dtype=bool))
+            mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & causal
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.tokens.attend(self.ln_f(x))  # the output head is the token embedding
 
 
-def loss_fn(model: GPT, inputs, targets, weights=None) -> jax.Array:
-    """Mean cross-entropy, or with predict-once weights the weighted mean."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets)
+def loss_fn(model: GPT, *batch) -> jax.Array:
+    """Mean cross-entropy, or with weights (predict-once, packed rows) the weighted mean."""
+    inputs, targets, weights, segment_ids, positions = common.fields(batch)
+    losses = optax.softmax_cross_entropy_with_integer_labels(model(inputs, segment_ids, positions), targets)
     if weights is None:
         return losses.mean()
     return (losses * weights).sum() / weights.sum()
@@ -102,20 +114,27 @@ def evaluate(model: GPT, loader) -> float:
 
 
 # The input pipeline: these lines are the same in train_torch.py, but for the import.
-def make_loaders(corpus: common.Corpus, model: GPTConfig, train: TrainConfig, predict_once: bool):
+def make_loaders(
+    corpus: common.Corpus, model: GPTConfig, train: TrainConfig, predict_once: bool, documents: bool, packed: bool
+):
+    # packed_docs rows always carry weights and segments; gpt_v1 windows carry what is asked for.
+    kind = "packed_docs" if packed else "gpt_v1"
+    parts = {"return_weights": predict_once or None, "return_segments": documents or None}
     train_set = create_dataset(
-        "gpt_v1",
+        kind,
         tokens=corpus.train,
+        doc_starts=corpus.train_starts,
         max_length=model.max_length,
         stride=train.stride,
-        return_weights=predict_once,
+        **parts,
     )
     val_set = create_dataset(
-        "gpt_v1",
+        kind,
         tokens=corpus.val,
+        doc_starts=corpus.val_starts,
         max_length=model.max_length,
         stride=model.max_length,
-        return_weights=predict_once,
+        **parts,
     )
     train_loader = create_dataloader(
         train_set, batch_size=train.batch_size, shuffle=True, drop_last=True, seed=train.seed
@@ -146,7 +165,9 @@ def main() -> None:
     model = GPT(model_config, nnx.Rngs(train.seed))
     optimizer = make_optimizer(model, train)
     replicate(model, optimizer)
-    train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
+    train_loader, val_loader = make_loaders(
+        corpus, model_config, train, args.predict_once, args.documents, args.packed
+    )
     device = jax.devices()[0]
     versions = f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}"
     device_name = f"{jax.device_count()} x {device.device_kind}"

@@ -2,6 +2,7 @@
 
     python examples/train_torch.py                      # tiny model, CPython's docs, ~1 minute on a CPU
     python examples/train_torch.py --size small --steps 2000 --predict-once
+    python examples/train_torch.py --packed                # document-packed rows, attention within documents
 
 Runs on CUDA, then MPS, then the CPU, whichever is there first. Writes out/torch.json.
 """
@@ -31,10 +32,13 @@ class Block(nn.Module):
         self.fc = nn.Linear(d, 4 * d)
         self.out = nn.Linear(4 * d, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, head, t, d_head)
+        if mask is None:
+            attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (b, head, t, d_head)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         x = x + self.proj(attended.transpose(1, 2).reshape(b, t, d))
         return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
@@ -55,16 +59,26 @@ class GPT(nn.Module):
             nn.init.normal_(block.proj.weight, std=config.residual_init_std)
             nn.init.normal_(block.out.weight, std=config.residual_init_std)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(ids) + self.positions(torch.arange(ids.shape[1], device=ids.device))
+    def forward(self, ids: torch.Tensor, segment_ids=None, positions=None) -> torch.Tensor:
+        """Logits; with `segment_ids`, each position attends to its own document only, and
+        `positions` (restarting at 0 in each document) index the position embedding."""
+        if positions is None:
+            positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.tokens(ids) + self.positions(positions)
+        mask = None
+        if segment_ids is not None:  # (b, t, t): same document, and causal
+            causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril()
+            mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & causal
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.ln_f(x) @ self.tokens.weight.T  # the output head is the token embedding
 
 
-def loss_fn(model: GPT, inputs, targets, weights=None) -> torch.Tensor:
-    """Mean cross-entropy, or with predict-once weights the weighted mean."""
-    losses = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none")
+def loss_fn(model: GPT, *batch) -> torch.Tensor:
+    """Mean cross-entropy, or with weights (predict-once, packed rows) the weighted mean."""
+    inputs, targets, weights, segment_ids, positions = common.fields(batch)
+    logits = model(inputs, segment_ids, positions)
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
     if weights is None:
         return losses.mean()
     return (losses * weights.flatten()).sum() / weights.sum()
@@ -98,20 +112,27 @@ def evaluate(model: GPT, loader, device) -> float:
 
 
 # The input pipeline: these lines are the same in train_flax.py, but for the import.
-def make_loaders(corpus: common.Corpus, model: GPTConfig, train: TrainConfig, predict_once: bool):
+def make_loaders(
+    corpus: common.Corpus, model: GPTConfig, train: TrainConfig, predict_once: bool, documents: bool, packed: bool
+):
+    # packed_docs rows always carry weights and segments; gpt_v1 windows carry what is asked for.
+    kind = "packed_docs" if packed else "gpt_v1"
+    parts = {"return_weights": predict_once or None, "return_segments": documents or None}
     train_set = create_dataset(
-        "gpt_v1",
+        kind,
         tokens=corpus.train,
+        doc_starts=corpus.train_starts,
         max_length=model.max_length,
         stride=train.stride,
-        return_weights=predict_once,
+        **parts,
     )
     val_set = create_dataset(
-        "gpt_v1",
+        kind,
         tokens=corpus.val,
+        doc_starts=corpus.val_starts,
         max_length=model.max_length,
         stride=model.max_length,
-        return_weights=predict_once,
+        **parts,
     )
     train_loader = create_dataloader(
         train_set, batch_size=train.batch_size, shuffle=True, drop_last=True, seed=train.seed
@@ -141,7 +162,9 @@ def main() -> None:
     torch.manual_seed(train.seed)
     model = GPT(model_config).to(device)
     optimizer = make_optimizer(model, train)
-    train_loader, val_loader = make_loaders(corpus, model_config, train, args.predict_once)
+    train_loader, val_loader = make_loaders(
+        corpus, model_config, train, args.predict_once, args.documents, args.packed
+    )
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name()
     else:

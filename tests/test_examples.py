@@ -218,3 +218,82 @@ def test_the_two_models_and_optimizers_are_the_same_function(predict_once):
             keys = slice(config.d_model, 2 * config.d_model)
             actual, expected = np.delete(actual, keys), np.delete(expected, keys)
         np.testing.assert_allclose(actual, expected, atol=5e-5, err_msg=name)  # updates are ~3e-2
+
+
+def test_the_two_models_agree_on_rows_of_several_documents():
+    """With segments, both models give the same logits and losses, and each document's logits are
+    the model's on that document alone (so the mask and the restarting positions do their job)."""
+    import jax.numpy as jnp
+    import torch
+    import train_flax
+    import train_torch
+    from flax import nnx
+    from gpt_config import GPTConfig, TrainConfig
+
+    from windowloader.packing import pack
+
+    config = GPTConfig(vocab_size=50, max_length=12, n_layer=2, n_head=2, d_model=16)
+    torch.manual_seed(0)
+    torch_model, flax_model = train_torch.GPT(config), train_flax.GPT(config, nnx.Rngs(1))
+    for _, tensor, variable, transposed in _matching_weights(torch_model, flax_model):
+        variable[...] = jnp.asarray(tensor.numpy().T if transposed else tensor.numpy())
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 7, 30)
+    tokens = rng.integers(1, 50, int(lengths.sum())).astype(np.uint16)
+    starts = np.cumsum(lengths) - lengths
+    tokens[starts] = 0  # each document opens with the separator
+    rows = pack(tokens, starts, max_length=12, stride=12)
+    everything = np.arange(len(rows))
+    several = everything[rows.segments(everything)[0].max(axis=1) > 2][:4]
+    assert len(several) == 4  # rows of three documents or more
+    inputs, targets = rows.gather(several)
+    segment_ids, positions = rows.segments(several)
+    batch = [inputs, targets, rows.weights(several), segment_ids, positions]
+    torch_logits = torch_model(*(torch.tensor(batch[i]) for i in (0, 3, 4))).detach().numpy()
+    flax_logits = np.asarray(flax_model(*(jnp.asarray(batch[i]) for i in (0, 3, 4))))
+    np.testing.assert_allclose(torch_logits, flax_logits, atol=1e-5)
+    for r in range(len(several)):
+        for segment in np.unique(segment_ids[r][segment_ids[r] > 0]):
+            columns = np.flatnonzero(segment_ids[r] == segment)
+            alone = torch_model(torch.tensor(inputs[r : r + 1, columns])).detach().numpy()[0]
+            np.testing.assert_allclose(torch_logits[r, columns], alone, atol=1e-5)
+    train = TrainConfig(steps=1, learning_rate=1e-2)
+    torch_loss = train_torch.train_step(
+        torch_model,
+        train_torch.make_optimizer(torch_model, train),
+        [torch.tensor(part) for part in batch],
+        1e-2,
+        train,
+        "cpu",
+    )
+    flax_loss = float(
+        train_flax.train_step(flax_model, train_flax.make_optimizer(flax_model, train), [jnp.asarray(p) for p in batch])
+    )
+    assert torch_loss == pytest.approx(flax_loss, abs=1e-4)
+
+
+def test_document_starts_of_the_examples_corpus_open_at_each_separator(gpt2):
+    text = "one two<|endoftext|><|endoftext|>three<|endoftext|>four five six"
+    ids = common.encode_to_array(gpt2, text)
+    starts = common.document_starts(gpt2, text, len(ids))
+    # By hand: "one two" is 2 tokens, an empty document is its separator alone.
+    assert ids.tolist()[2] == ids.tolist()[3] == ids.tolist()[5] == 50256
+    assert starts.tolist() == [0, 2, 3, 5]
+
+
+def test_both_frameworks_train_on_packed_documents_with_identical_batches(tmp_path):
+    """--packed (document-packed rows, segments in attention, weighted loss) in both scripts."""
+    steps = 3
+    command = [
+        sys.executable,
+        str(EXAMPLES / "compare_frameworks.py"),
+        *("--packed", "--steps", steps, "--batch-size", 4, "--max-length", 32, "--stride", 32),
+        *("--eval-interval", steps, "--new-tokens", 1, "--out", tmp_path),
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    run = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=900, env=env)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["batches"] == {"steps": steps, "identical": True, "mismatches": []}
+    for framework in ("torch", "flax"):
+        assert all(math.isfinite(step["loss"]) for step in _log(tmp_path, framework)["steps"])
