@@ -94,12 +94,14 @@ class TokenizedCorpus:
         return self.meta["replaced_chars"]
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> TokenizedCorpus:
+    def open(cls, path: str | os.PathLike, *, verify: bool = True) -> TokenizedCorpus:
         """Opens the cache at `path` (the `.bin` that `tokenize_corpus` or `windowloader prepare`
-        made) without looking at the sources again.
+        made, or a sharded cache's `.manifest.json`) without looking at the sources again.
 
-        Every byte of the `.bin` and `.idx` is checked against the checksums in the sidecar
-        first (about 0.5 s per GB; docs/integrity.md).
+        Every byte of the `.bin` and `.idx` (of every shard) is checked against the checksums in
+        its sidecar first (about 0.5 s per GB; docs/integrity.md). `verify=False` checks the
+        sidecars and file sizes only, in constant time whatever the corpus: for a cache already
+        verified (`windowloader verify`, or by one rank while the others wait).
 
         Raises:
             CorruptCacheError: (a ValueError) a file's bytes differ from the build's checksums;
@@ -111,7 +113,11 @@ class TokenizedCorpus:
             >>> corpus = wl.TokenizedCorpus.open("/data/tok/gpt2-5bfcbb2d48b9c1a18f791e69.bin")
         """
         bin_path = Path(path)
-        meta, problem = _check(bin_path)
+        _checks.boolean("verify", verify)
+        if shards_module().is_manifest(bin_path):
+            tokens, doc_offsets, manifest = shards_module().open_manifest(bin_path, verify=verify)
+            return cls(tokens=tokens, doc_offsets=doc_offsets, path=bin_path, meta=manifest, cached=True)
+        meta, problem = _check(bin_path, verify=verify)
         if meta is None:
             raise ValueError(
                 f"token cache {str(bin_path)!r} has no sidecar (.json): run windowloader prepare again"
@@ -150,7 +156,9 @@ def tokenize_corpus(
     workers: int | None = None,
     progress: bool | None = None,
     lock_timeout: float = 600.0,
-) -> TokenizedCorpus:
+    shards: int | None = None,
+    shard: int | None = None,
+) -> TokenizedCorpus | None:
     """Tokenizes `sources` into the token cache, or opens the cache made by an earlier call.
 
     Documents are joined with `separator` encoded by the tokenizer (gpt2's `<|endoftext|>` is
@@ -174,9 +182,13 @@ def tokenize_corpus(
         progress: a tqdm progress bar (when tqdm is installed); default: when stderr is a terminal.
         lock_timeout: seconds to wait for another process building the same cache (who holds
             the lock is printed every 10 s) before giving up with a `TimeoutError`.
+        shards: build the cache as this many shard files and a manifest (docs/shards.md); the
+            corpus opened is the same token stream as the single-file cache's.
+        shard: with `shards`, build only shard `shard` (0-based), as one process of many would.
 
     Returns:
-        A `TokenizedCorpus` whose `tokens` is a read-only memmap of the cache.
+        A `TokenizedCorpus` whose `tokens` is a read-only memmap of the cache (a `ShardedTokens`
+        over the shard files when sharded). With `shard`, None while other shards are missing.
 
     Raises:
         ValueError: a missing path, an empty corpus, an unusable `cache_dir`, a bad `.jsonl` line.
@@ -189,21 +201,22 @@ def tokenize_corpus(
         >>> corpus.tokens.tolist(), corpus.doc_offsets.tolist()
         ([15496, 995, 50256, 3886, 68], [0, 3])
     """
-    if not isinstance(separator, str):
-        raise TypeError(
-            f"separator must be a str, got {type(separator).__name__}: the default is {ENDOFTEXT!r}"
-        )
-    if not isinstance(text_field, str) or not text_field:
-        raise TypeError(f"text_field must be a non-empty str, got {text_field!r}: the default is 'text'")
+    _check_corpus_options(separator, text_field)
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
     lock_timeout = _checks.non_negative_number("lock_timeout", lock_timeout)
+    if shards is not None or shard is not None:
+        if shards is None:
+            raise ValueError(f"shard={shard!r} needs shards=N, the number of shards it is one of")
+        job = shards_module().Job.resolve(sources, tokenizer, shards, cache_dir, separator, suffixes, text_field)
+        for index in range(job.count) if shard is None else [job.check_index(shard)]:
+            job.build(index, workers=workers, progress=progress, lock_timeout=lock_timeout)
+        manifest = job.write_manifest()
+        return None if manifest is None else TokenizedCorpus.open(manifest)
     directory = resolve_cache_dir(cache_dir)
     resolved = corpus.resolve(sources, suffixes=suffixes, text_field=text_field)
     tokenizer = load_tokenizer(tokenizer)  # after the sources: a missing file fails before a download
-    total_bytes = sum(source.size for source in resolved)
-    if total_bytes == 0:
-        raise ValueError("the corpus is empty: every source holds no text")
-    settings = {"separator": separator, "text_field": text_field, **_tokenizer_identity(tokenizer)}
+    total_bytes = _total_bytes(resolved)
+    settings = _settings(tokenizer, separator, text_field)
     key = _key(settings, resolved)
     bin_path = directory / f"{key}.bin"
     found = _open(bin_path, settings, resolved, warn=False)
@@ -231,6 +244,13 @@ def tokenize_corpus(
     return _memmap(bin_path, meta, cached=False)
 
 
+def shards_module():
+    """`windowloader.shards`, which builds on this module (so it is imported when first needed)."""
+    from windowloader import shards
+
+    return shards
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     """`cache_dir` or the default one, created and checked writable."""
     if cache_dir is None:
@@ -249,6 +269,27 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
         raise ValueError(f"cache_dir {str(directory)!r} is not readable and writable: pass a folder you own")
     return directory
+
+
+def _check_corpus_options(separator, text_field) -> None:
+    if not isinstance(separator, str):
+        raise TypeError(
+            f"separator must be a str, got {type(separator).__name__}: the default is {ENDOFTEXT!r}"
+        )
+    if not isinstance(text_field, str) or not text_field:
+        raise TypeError(f"text_field must be a non-empty str, got {text_field!r}: the default is 'text'")
+
+
+def _total_bytes(sources: list[corpus.Source]) -> int:
+    total_bytes = sum(source.size for source in sources)
+    if total_bytes == 0:
+        raise ValueError("the corpus is empty: every source holds no text")
+    return total_bytes
+
+
+def _settings(tokenizer, separator: str, text_field: str) -> dict:
+    """What, besides the sources, decides the cache's tokens: the key and the sidecar record it."""
+    return {"separator": separator, "text_field": text_field, **_tokenizer_identity(tokenizer)}
 
 
 def _tokenizer_identity(tokenizer) -> dict:
@@ -325,6 +366,12 @@ def _holder(handle) -> str:
 def _open(bin_path: Path, settings: dict, sources: list[corpus.Source], *, warn: bool) -> TokenizedCorpus | None:
     """The cache at `bin_path` if its sidecar exists, describes these settings and sources, and
     every byte matches its checksums; None otherwise (with a warning if `warn` and it is damaged)."""
+    meta = _finished(bin_path, settings, sources, warn=warn, stacklevel=4)
+    return None if meta is None else _memmap(bin_path, meta, cached=True)
+
+
+def _finished(bin_path: Path, settings: dict, sources: list[corpus.Source], *, warn: bool, stacklevel: int = 3) -> dict | None:
+    """`_open`'s checks, without mapping the files: the sidecar, or None."""
     meta, problem = _check(bin_path)
     if meta is None:
         return None  # no sidecar: never finished, build again
@@ -336,25 +383,25 @@ def _open(bin_path: Path, settings: dict, sources: list[corpus.Source], *, warn:
         if bin_path.with_suffix(".json").is_dir():  # a rename cannot replace it
             raise ValueError(f"token cache {str(bin_path)!r} is {problem}: remove that folder")
         if warn:
-            warnings.warn(f"token cache {bin_path} is {problem}: rebuilding it", stacklevel=3)
+            warnings.warn(f"token cache {bin_path} is {problem}: rebuilding it", stacklevel=stacklevel)
         return None
-    return _memmap(bin_path, meta, cached=True)
+    return meta
 
 
 # The start of every problem that is a checksum mismatch (TokenizedCorpus.open's CorruptCacheError).
 _CORRUPT = "corrupt"
 
 
-def _check(bin_path: Path) -> tuple[dict | None, str | None]:
+def _check(bin_path: Path, *, verify: bool = True) -> tuple[dict | None, str | None]:
     """The sidecar of `bin_path` (None when there is none) and what is wrong with the cache, if anything."""
     meta, problem = sidecar.read(bin_path.with_suffix(".json"))
     if meta is None or problem:
         return meta, problem
-    return meta, sidecar.problem(meta, bin_path, FORMAT_VERSION) or _content_problem(bin_path, meta)
+    return meta, sidecar.problem(meta, bin_path, FORMAT_VERSION) or _content_problem(bin_path, meta, verify=verify)
 
 
-def _content_problem(bin_path: Path, meta: dict) -> str | None:
-    """Sizes, every chunk's checksum, then the document index's values."""
+def _content_problem(bin_path: Path, meta: dict, *, verify: bool = True) -> str | None:
+    """Sizes, every chunk's checksum, then the document index's values (the sizes only unless `verify`)."""
     index_path = bin_path.with_name(meta["doc_offsets"])
     files = (
         (bin_path, meta["tokens"] * np.dtype(meta["dtype"]).itemsize, meta["bin_sums"]),
@@ -370,19 +417,25 @@ def _content_problem(bin_path: Path, meta: dict) -> str | None:
                 f"{_CORRUPT}: {path.name} has {size} bytes where its sidecar says {expected} "
                 "(truncated or corrupt)"
             )
+        if not verify:
+            continue
         chunk = integrity.first_mismatch(path, sums, meta["chunk_bytes"])
         if chunk is not None:
             where = integrity.describe_chunk(path, chunk, meta["chunk_bytes"])
             return f"{_CORRUPT}: {where} differs from its checksum"
-    return _index_problem(np.fromfile(index_path, dtype=np.int64), meta)
+    return _index_problem(np.fromfile(index_path, dtype=np.int64), meta) if verify else None
 
 
 def _index_problem(offsets: np.ndarray, meta: dict) -> str | None:
-    """First offset 0, each after the one before, none past the end. Only an empty separator lets
-    two documents start at one offset, and only an empty last document starts at the end."""
+    """First offset 0 (after the separator in a shard that follows documents), each after the one
+    before, none past the end. Only an empty separator lets two documents start at one offset,
+    and only an empty last document starts at the end."""
     steps = np.diff(offsets)
-    if offsets[0] != 0:
-        return f"{_CORRUPT}: its document index starts at {int(offsets[0])}, not 0"
+    first = meta["separator_tokens"] if meta.get("follows") else 0
+    if not len(offsets):
+        return None if meta.get("shard") is not None else f"{_CORRUPT}: its document index is empty"
+    if offsets[0] != first:
+        return f"{_CORRUPT}: its document index starts at {int(offsets[0])}, not {first}"
     if (steps < 0).any() or (meta["separator_tokens"] and (steps == 0).any()):
         return f"{_CORRUPT}: its document index is not strictly increasing"
     if offsets[-1] > meta["tokens"]:
@@ -404,9 +457,12 @@ def _memmap(bin_path: Path, meta: dict, *, cached: bool) -> TokenizedCorpus:
 
 
 def _build(
-    bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, total_bytes: int, progress
+    bin_path: Path, tokenizer, sources, settings: dict, *, workers: int, total_bytes: int, progress, plan=None
 ) -> dict:
-    """Tokenizes into temporary files and renames them into place, `.bin` first, sidecar last."""
+    """Tokenizes into temporary files and renames them into place, `.bin` first, sidecar last.
+
+    With `plan` (a `shards.ShardPlan`), only that shard's documents, and no error when it has none.
+    """
     dtype = sidecar.cache_dtype(settings["vocab_size"])
     separator_ids = np.asarray(
         encode_special(tokenizer, settings["separator"]) if settings["separator"] else [], dtype=np.int64
@@ -417,6 +473,13 @@ def _build(
         )
     separator_ids = separator_ids.astype(dtype)
     stats = corpus.ReadStats()
+    # follows[0]: whether a document of the corpus comes before the first one written here.
+    follows = [False]
+    options = {"separator": settings["separator"], "text_field": settings["text_field"], "stats": stats}
+    if plan is None:
+        pieces = corpus.pieces(sources, **options)
+    else:
+        pieces = shards_module().shard_pieces(sources, plan, follows=follows, **options)
     index_path = bin_path.with_suffix(".idx")
     tokens_temporary, index_temporary = _temporary(bin_path), _temporary(index_path)
     try:
@@ -426,23 +489,14 @@ def _build(
             _progress_bar(total_bytes, progress) as bar,
         ):
             documents, count, max_id = _write_tokens(
-                tokens_file,
-                index_file,
-                tokenizer,
-                sources,
-                settings,
-                stats,
-                separator_ids,
-                dtype,
-                workers,
-                bar,
+                tokens_file, index_file, tokenizer, pieces, follows, stats, separator_ids, dtype, workers, bar
             )
             for file in (tokens_file, index_file):
                 file.flush()
                 os.fsync(file.fileno())
         if stats.binary:
             warnings.warn(binary.skipped_warning(stats.binary), stacklevel=3)
-        if count == 0:
+        if count == 0 and plan is None:
             raise ValueError("the corpus is empty: its documents hold no text")
         if settings["vocab_size"] is not None and max_id >= settings["vocab_size"]:
             raise ValueError(
@@ -464,6 +518,7 @@ def _build(
             "chunk_bytes": integrity.CHUNK_BYTES,
             "bin_sums": integrity.file_sums(tokens_temporary),
             "idx_sums": integrity.file_sums(index_temporary),
+            **({} if plan is None else {"shard": plan.index, "shards": plan.count, "follows": follows[0]}),
         }
         os.replace(tokens_temporary, bin_path)
         os.replace(index_temporary, index_path)
@@ -475,23 +530,22 @@ def _build(
 
 
 def _write_tokens(
-    tokens_file, index_file, tokenizer, sources, settings, stats, separator_ids, dtype, workers, bar
-) -> tuple[int, int]:
-    """Streams each unit's ids and document offsets to the two files; returns both counts.
+    tokens_file, index_file, tokenizer, pieces, follows, stats, separator_ids, dtype, workers, bar
+) -> tuple[int, int, int]:
+    """Streams each unit's ids and document offsets to the two files.
 
     Offsets go to disk with their unit, so that a corpus of millions of documents keeps none of
-    them in memory. Returns the documents, the tokens and the largest id.
+    them in memory. The separator goes before each document but the corpus's first (`follows[0]`
+    says whether one came before the first document of `pieces`). Returns the documents, the
+    tokens and the largest id.
     """
     documents = count = max_id = 0
     limit = np.iinfo(dtype).max
-    pieces = corpus.pieces(
-        sources, separator=settings["separator"], text_field=settings["text_field"], stats=stats
-    )
     for arrays, starts in encode.encode_pieces(tokenizer, pieces, workers=workers):
         parts, offsets = [], []
         for ids, starts_document in zip(arrays, starts, strict=True):
             if starts_document:
-                if documents:
+                if documents or follows[0]:
                     parts.append(separator_ids)
                     count += len(separator_ids)
                     max_id = max(max_id, int(separator_ids.max(initial=0)))

@@ -1,7 +1,7 @@
 """The `windowloader` command: plans and dry-runs a max_length / stride / batch_size configuration.
 
     windowloader [INPUT ...] --max-length 256 --stride 128 --batch-size 4
-    windowloader prepare INPUT ... [--cache-dir DIR]
+    windowloader prepare INPUT ... [--cache-dir DIR] [--shards N [--shard I/N]]
     windowloader verify CACHE.bin
 
 INPUT is a text file, a directory (read recursively), a glob, a .jsonl or .parquet file (also
@@ -61,7 +61,9 @@ presets (the specification's Configuration Guidelines; explicit flags win over a
 without a preset: max_length 256, stride 128, batch_size 4 (the specification's default)
 
 windowloader prepare INPUT ... [--tokenizer T] [--cache-dir DIR] tokenizes into the cache and
-prints the cache's path. windowloader verify CACHE.bin checks every byte of a cache against its
+prints the cache's path; --shards N writes N shard files and a manifest, --shard I/N builds shard
+I of N alone (one job of an array: the manifest appears when the last shard is done).
+windowloader verify CACHE.bin checks every byte of a cache against its
 checksums: status 0 when intact, 1 when not."""
 
 
@@ -174,8 +176,23 @@ def build_prepare_parser() -> argparse.ArgumentParser:
         description="Tokenizes INPUT into the token cache and prints the cache's path.",
     )
     parser.add_argument("input", nargs="+", help="files, directories, globs, .jsonl, .parquet, URLs (s3://...)")
+    parser.add_argument("--shards", type=_positive_int, help="write N shard files and a manifest")
+    parser.add_argument(
+        "--shard", type=_shard, metavar="I/N", help="build shard I (0-based) of N alone, e.g. 3/64 in a job array"
+    )
     _add_corpus_flags(parser)
     return parser
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be I/N such as 3/64, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N, got {text!r}")
+    return index, count
 
 
 def build_verify_parser() -> argparse.ArgumentParser:
@@ -234,7 +251,7 @@ def _main(argv: list[str]) -> int:
     for warning in caught:
         print(f"windowloader: warning: {warning.message}", file=sys.stderr)
     if prepare:
-        print(corpus.path)
+        print(corpus.path if corpus is not None else _waiting(args))
         return 0
     _plan(args, corpus, tokenizer, framework)
     return 0
@@ -242,7 +259,7 @@ def _main(argv: list[str]) -> int:
 
 def _verify(name: str) -> int:
     """One line: the cache is intact (0), or what is wrong with it (1)."""
-    path = Path(name).with_suffix(".bin")
+    path = Path(name) if name.endswith(".manifest.json") else Path(name).with_suffix(".bin")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -250,7 +267,7 @@ def _verify(name: str) -> int:
     except (CorruptCacheError, ValueError, OSError) as error:
         print(f"windowloader: verify: {error}")
         return 1
-    size = corpus.tokens.nbytes + corpus.doc_offsets.nbytes
+    size = (len(corpus.tokens) * corpus.tokens.itemsize) + len(corpus.doc_offsets) * 8
     print(f"windowloader: verify: {path} is intact ({len(corpus):,} tokens, {size:,} bytes checked)")
     return 0
 
@@ -277,7 +294,7 @@ def _refuse_binary_files(paths: list[Path]) -> None:
                 raise _Failure(f"input {str(path)!r} is not text ({reason}): pass text or .jsonl files")
 
 
-def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
+def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus | None:
     sources = _inputs(args) or default_corpus()
     return tokenize_corpus(
         sources,
@@ -286,7 +303,23 @@ def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus:
         text_field=args.text_field,
         progress=False if args.quiet else None,
         lock_timeout=args.lock_timeout,
+        **_sharding(args),
     )
+
+
+def _sharding(args: argparse.Namespace) -> dict:
+    """`tokenize_corpus`'s shards/shard arguments from `prepare --shards N --shard I/N`."""
+    shards, shard = getattr(args, "shards", None), getattr(args, "shard", None)
+    if shard is None:
+        return {} if shards is None else {"shards": shards}
+    if shards is not None and shards != shard[1]:
+        raise _Failure(f"--shard {shard[0]}/{shard[1]} is one of {shard[1]} shards, but --shards is {shards}")
+    return {"shard": shard[0], "shards": shard[1]}
+
+
+def _waiting(args: argparse.Namespace) -> str:
+    index, count = args.shard
+    return f"shard {index}/{count} is built; the manifest appears when all {count} shards are"
 
 
 def _inputs(args: argparse.Namespace) -> list[Path | str]:

@@ -90,7 +90,7 @@ def fingerprint(tokens: np.ndarray) -> str:
         dtype = tokens.dtype  # uint16 ids are canonical as they are: no pass for their largest
     else:
         dtype = canonical_dtype(int(tokens.max()) if len(tokens) else 0)
-    if tokens.dtype == dtype and tokens.flags.c_contiguous:
+    if isinstance(tokens, np.ndarray) and tokens.dtype == dtype and tokens.flags.c_contiguous:
         return fingerprint_from_sums(len(tokens), dtype, buffer_sums(tokens))
     per_chunk = CHUNK_BYTES // dtype.itemsize  # converted a chunk at a time: memory stays bounded
     sums = [

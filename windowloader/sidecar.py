@@ -73,8 +73,8 @@ _FIELDS = {
     "separator": lambda v: isinstance(v, str),
     "text_field": lambda v: isinstance(v, str) and bool(v),
     "dtype": lambda v: v in ("uint16", "uint32"),
-    "tokens": _int(1),
-    "documents": _int(1),
+    "tokens": _int(0),  # 0 only in a shard (checked below)
+    "documents": _int(0),
     "doc_offsets": lambda v: isinstance(v, str),
     "separator_tokens": _int(0),
     "bytes": _int(0),
@@ -89,6 +89,8 @@ _FIELDS = {
 
 def _consistency(meta: dict, bin_path: Path) -> str | None:
     dtype, expected = np.dtype(meta["dtype"]), cache_dtype(meta["vocab_size"])
+    if meta["tokens"] == 0 and "shard" not in meta:  # a shard may hold no document; a cache holds some
+        return "described with no tokens"
     if dtype != expected:
         return f"described as {dtype.name} ids where a vocabulary of {meta['vocab_size']} ids makes {expected.name}"
     if meta["vocab_size"] is not None and meta["max_id"] >= meta["vocab_size"]:

@@ -68,11 +68,12 @@ def windows_from_arguments(
     if (txt is None) == (tokens is None):
         raise ValueError("create_dataset needs exactly one of txt= (with tokenizer=) or tokens=")
     cache = None
-    if isinstance(tokens, TokenizedCorpus):
-        if doc_starts is not None:
-            raise ValueError("doc_starts is given with tokens=corpus, which brings its own: pass one of them")
-        cache, tokens, doc_starts = tokens, tokens.tokens, tokens.doc_starts
+    if isinstance(tokens, TokenizedCorpus) and doc_starts is not None:
+        raise ValueError("doc_starts is given with tokens=corpus, which brings its own: pass one of them")
     needs_starts = return_segments or dataset_type == "packed_docs"
+    if isinstance(tokens, TokenizedCorpus):
+        # Only when they are served: reading a cache's document starts costs O(documents).
+        cache, tokens, doc_starts = tokens, tokens.tokens, tokens.doc_starts if needs_starts else None
     if txt is not None:
         if needs_starts or doc_starts is not None:
             raise ValueError(

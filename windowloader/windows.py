@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import mmap
-from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -12,6 +11,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from windowloader import _checks, integrity
 from windowloader.segments import check_doc_starts, row_segments
+from windowloader.stream import MemmapSource, ShardedTokens
 
 
 class TokenWindows:
@@ -41,7 +41,8 @@ class TokenWindows:
     def __init__(self, tokens: np.ndarray, *, max_length: int, stride: int, doc_starts=None) -> None:
         self.max_length = _checks.positive_int("max_length", max_length)
         self.stride = _checks.positive_int("stride", stride)
-        self.tokens = _checks.token_array(tokens)
+        # A sharded cache's stream stays in its files; anything else becomes one numpy array.
+        self.tokens = tokens if isinstance(tokens, ShardedTokens) else _checks.token_array(tokens)
         needed = self.max_length + 1
         if len(self.tokens) < needed:
             raise ValueError(
@@ -52,13 +53,17 @@ class TokenWindows:
         self.doc_starts = None if doc_starts is None else check_doc_starts(doc_starts, len(self.tokens))
         # Row i of this view is window i: fancy-indexing its rows reads each window in one
         # contiguous copy (measured ~3x faster here than indexing tokens with start + arange).
-        self._rows = sliding_window_view(self.tokens, needed)[:: self.stride]
+        self._rows = None
+        if not isinstance(self.tokens, ShardedTokens):
+            self._rows = sliding_window_view(self.tokens, needed)[:: self.stride]
+        self._len = len(range(0, len(self.tokens) - self.max_length, self.stride))
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._len
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        row = self._rows[self._check_index(index)]
+        index = self._check_index(index)
+        row = self.gather_rows([index])[0] if self._rows is None else self._rows[index]  # a view when one can be
         return row[:-1], row[1:]
 
     def __repr__(self) -> str:
@@ -97,7 +102,11 @@ class TokenWindows:
     def gather_rows(self, indices, dtype=None) -> np.ndarray:
         """The windows `indices` whole: a new `(len(indices), max_length + 1)` array of `dtype`
         (default: the tokens' own, the most compact form to send to another process)."""
-        rows = self._rows[np.asarray(indices, dtype=np.intp)]
+        indices = np.asarray(indices, dtype=np.intp)
+        if self._rows is None:
+            rows = self.tokens.rows(indices * self.stride, self.max_length + 1)
+        else:
+            rows = self._rows[indices]
         return rows if dtype is None or rows.dtype == dtype else rows.astype(dtype)
 
     def weights(self, indices) -> np.ndarray:
@@ -133,8 +142,9 @@ class TokenWindows:
     def fingerprint(self) -> str:
         """A hash of every token (the same ids in any dtype give the same), for checking saved
         states: a cache's from the checksums verified when it was opened, else ~1 ms per
-        million uint16 tokens (docs/integrity.md)."""
-        return integrity.fingerprint(self.tokens)
+        million uint16 tokens (docs/integrity.md). A sharded cache's is its manifest's."""
+        known = self.tokens.fingerprint if isinstance(self.tokens, ShardedTokens) else None
+        return known or integrity.fingerprint(self.tokens)
 
     def _check_index(self, index: int) -> int:
         index = _checks.index("index", index)
@@ -144,17 +154,10 @@ class TokenWindows:
         return index + n if index < 0 else index
 
 
-@dataclass(frozen=True)
-class MemmapSource:
-    """Where a contiguous memmap's tokens lie in their file: enough to map them again."""
-
-    path: str
-    offset: int
-    dtype: str
-    length: int
-
-    def open(self) -> np.memmap:
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.length,))
+def shareable_by_path(tokens) -> bool:
+    """True when `tokens` pickle as file locations (a memmap of a file, a sharded cache's stream),
+    so that another process maps the same files instead of receiving a copy."""
+    return isinstance(tokens, ShardedTokens) or memmap_source(tokens) is not None
 
 
 def memmap_source(tokens: np.ndarray) -> MemmapSource | None:

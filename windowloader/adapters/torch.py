@@ -35,7 +35,7 @@ from windowloader.segments import cu_seqlens as _cu_seqlens
 from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments, windows_from_text
 from windowloader.state import Cursor
 from windowloader.packing import PackedRows
-from windowloader.windows import TokenWindows, memmap_source
+from windowloader.windows import TokenWindows, shareable_by_path
 
 # Workers send batches in groups of about this many bytes: each message through a worker's
 # queue costs ~0.2-0.5 ms here, far more than gathering a batch (~10 µs).
@@ -154,7 +154,7 @@ class GPTDatasetV1(Dataset):
 
     def _share_tokens(self) -> None:
         """Moves in-memory tokens into shared memory, once; a memmap is already shareable."""
-        if self._shared_bytes is not None or memmap_source(self.windows.tokens) is not None:
+        if self._shared_bytes is not None or shareable_by_path(self.windows.tokens):
             return
         tokens = np.ascontiguousarray(self.windows.tokens)
         # As bytes: torch lacks some numpy integer dtypes, and the dtype travels beside them.
