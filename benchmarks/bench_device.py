@@ -19,8 +19,8 @@ token cache stores them), since what is measured does not depend on the text.
    whole step (the step waits for its loss, as the examples do).
 
 Run (from the repository root; a GPU machine needs a CUDA torch and/or a CUDA jax):
-    .venv/bin/python benchmarks/bench_device.py                 # GPU: ~2-3 minutes
-    .venv/bin/python benchmarks/bench_device.py --steps 3       # CPU: the small GPT is slow there
+    .venv/bin/python benchmarks/bench_device.py                 # GPU: meant to take under 5 minutes
+    .venv/bin/python benchmarks/bench_device.py --size tiny --steps 5   # CPU: the small GPT is slow there
 """
 
 from __future__ import annotations
