@@ -30,6 +30,12 @@ CONFIGS = {
     "interleaved-unseeded-padded": ("interleaved", True, False, None),
     "unshuffled-padded": ("process-major", False, False, 0),
 }
+# packed_docs rows over documents of 1 to 9 tokens, each opening with the separator.
+DOC_STARTS = np.cumsum([0, *(np.arange(1, 60) * 5 % 9 + 1)])
+DOC_STARTS = DOC_STARTS[DOC_STARTS < len(TOKENS)]
+PACKED_TOKENS = TOKENS.copy()
+PACKED_TOKENS[DOC_STARTS] = 50256
+PACKED = ("interleaved", True, False, 5)
 
 
 def mesh_of(layout: str) -> Mesh:
@@ -71,6 +77,14 @@ def main() -> None:
             )
             batches = [[shards(array) for array in batch] for batch in loader]
             report["runs"][name] = {"seed": loader.state_dict()["seed"], "batches": batches}
+        packed = create_dataset(
+            "packed_docs", tokens=PACKED_TOKENS, doc_starts=DOC_STARTS, max_length=MAX_LENGTH, stride=STRIDE
+        )
+        layout, shuffle, drop_last, seed = PACKED
+        loader = create_dataloader(
+            packed, batch_size=BATCH_SIZE, shuffle=shuffle, drop_last=drop_last, seed=seed, mesh=mesh_of(layout)
+        )
+        report["runs"]["packed"] = {"batches": [[shards(array) for array in batch] for batch in loader]}
         with open(out + ".tmp", "w") as file:
             json.dump(report, file)
         os.replace(out + ".tmp", out)

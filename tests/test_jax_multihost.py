@@ -111,3 +111,28 @@ def test_each_addressable_shard_is_its_rows_of_the_global_batch(reports, name):
 def test_interleaved_mesh_gives_process_0_rows_that_are_not_contiguous(reports):
     first = reports[0]["runs"]["interleaved-unseeded-padded"]["batches"][0][0]
     assert sorted(s["rows"] for s in first) == [[0, 2], [4, 6]]
+
+
+def test_packed_rows_shard_over_processes_as_windows_do(reports):
+    """packed_docs under two processes: each shard is its rows of the single-process batch."""
+    from windowloader.packing import pack
+
+    rows = pack(worker.PACKED_TOKENS, worker.DOC_STARTS, max_length=worker.MAX_LENGTH, stride=worker.STRIDE)
+    _, _, _, seed = worker.PACKED
+    order = reference_permutation(len(rows), seed, 0)
+    size = worker.BATCH_SIZE
+    for report in reports:
+        batches = report["runs"]["packed"]["batches"]
+        assert len(batches) == -(-len(rows) // size)  # drop_last=False: every row, the last batch padded
+        for k, got in enumerate(batches):
+            indices = order[k * size : (k + 1) * size]
+            inputs, targets = rows.gather(indices)
+            parts = [inputs, targets, rows.weights(indices), *rows.segments(indices)]
+            pad = size - len(indices)
+            want = [np.concatenate([p, np.zeros((pad, *p.shape[1:]), p.dtype)]).tolist() for p in parts]
+            want.append([True] * len(indices) + [False] * pad)
+            assert len(got) == len(want) == 6
+            for shards, array in zip(got, want, strict=True):
+                for shard in shards:
+                    start, stop = shard["rows"]
+                    assert shard["values"] == array[start:stop]

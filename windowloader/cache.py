@@ -80,13 +80,7 @@ class TokenizedCorpus:
     def doc_starts(self) -> np.ndarray:
         """Each document's start, int64: its offset in `doc_offsets`, moved back over the separator
         before it, since the separator opens the document that follows (its BOS)."""
-        separator_tokens = self.meta.get("separator_tokens")
-        if separator_tokens is None:
-            raise ValueError(
-                f"token cache {str(self.path)!r} predates document starts (its sidecar has no "
-                "separator_tokens): delete it and run windowloader prepare again"
-            )
-        return corpus_doc_starts(self.doc_offsets, separator_tokens, len(self.tokens))
+        return corpus_doc_starts(self.doc_offsets, self.meta["separator_tokens"], len(self.tokens))
 
     @property
     def replaced_chars(self) -> int:
@@ -139,10 +133,9 @@ class TokenizedCorpus:
             raise CorruptCacheError(f"token cache {str(self.path)!r} is {problem}: run windowloader prepare again")
 
     def windows(self, *, max_length: int, stride: int) -> TokenWindows:
-        """`TokenWindows` over the memmap itself, with the document starts (when the cache records
-        them; `segments` says so otherwise): nothing is copied or read ahead."""
-        doc_starts = self.doc_starts if "separator_tokens" in self.meta else None
-        return TokenWindows(self.tokens, max_length=max_length, stride=stride, doc_starts=doc_starts)
+        """`TokenWindows` over the memmap itself, with the document starts: nothing is copied or
+        read ahead."""
+        return TokenWindows(self.tokens, max_length=max_length, stride=stride, doc_starts=self.doc_starts)
 
 
 def tokenize_corpus(
