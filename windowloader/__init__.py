@@ -5,9 +5,19 @@
 """
 
 from windowloader.cache import TokenizedCorpus, tokenize_corpus
+from windowloader.checkpoint import state_from_arrays, state_to_arrays
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import ByteTokenizer, load_tokenizer
 from windowloader.windows import TokenWindows
 
-__all__ = ["BatchOrder", "ByteTokenizer", "TokenWindows", "TokenizedCorpus", "load_tokenizer", "tokenize_corpus"]
+__all__ = [
+    "BatchOrder",
+    "ByteTokenizer",
+    "TokenWindows",
+    "TokenizedCorpus",
+    "load_tokenizer",
+    "state_from_arrays",
+    "state_to_arrays",
+    "tokenize_corpus",
+]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from windowloader.checkpoint import is_packed, state_from_arrays
 from windowloader.order import BatchOrder
 from windowloader.windows import TokenWindows
 
@@ -72,6 +73,8 @@ class Cursor:
 
     def load_state_dict(self, state: dict) -> None:
         """Continues from `state`: the next batch is the one after the last batch it counted."""
+        if is_packed(state):  # the numbers-only form of windowloader.state_to_arrays (orbax)
+            state = state_from_arrays(state)
         if isinstance(state, dict) and state.get("format") in _RETIRED_FORMATS:
             raise ValueError(
                 f"state has format {state['format']!r}, saved by an older windowloader whose "
