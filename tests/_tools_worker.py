@@ -57,7 +57,8 @@ class TinyModel(torch.nn.Module):
 
 def loss_of(model, batch):
     inputs, targets, *rest = batch
-    per_token = torch.nn.functional.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="none")
+    logits = model(inputs).flatten(0, 1)
+    per_token = torch.nn.functional.cross_entropy(logits, targets.flatten(), reduction="none")
     if rest:  # mask: padding rows do not count
         weights = rest[-1].to(per_token.dtype).repeat_interleave(inputs.shape[1])
         return (per_token * weights).sum() / weights.sum().clamp(min=1)
@@ -207,6 +208,6 @@ def run_lightning(out_dir: str) -> None:
 
 if __name__ == "__main__":
     tool, out = sys.argv[1], sys.argv[2]
-    {"torchrun": run_torchrun, "accelerate": run_accelerate, "fabric": run_fabric, "lightning": run_lightning}[
-        tool
-    ](out)
+    runs = {"torchrun": run_torchrun, "accelerate": run_accelerate, "fabric": run_fabric}
+    runs["lightning"] = run_lightning
+    runs[tool](out)

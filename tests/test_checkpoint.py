@@ -50,7 +50,8 @@ def test_the_loader_state_resumes_from_one_checkpoint_manager_with_an_nnx_model(
     state = uninterrupted.state_dict()
     expected = take(uninterrupted, 5)
     with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
-        manager.save(40, args=ocp.args.Composite(model=ocp.args.StandardSave(nnx.state(model)), loader=save(state)))
+        model_args = ocp.args.StandardSave(nnx.state(model))
+        manager.save(40, args=ocp.args.Composite(model=model_args, loader=save(state)))
         manager.wait_until_finished()
     fresh_model = nnx.Linear(4, 3, rngs=nnx.Rngs(1))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(fresh_model))

@@ -35,7 +35,8 @@ def _free_port() -> int:
 
 
 def _start(tool: str, out: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    launched = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in launched}
     port = str(_free_port())
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(WORKER).parent), env.get("PYTHONPATH")) if p)
@@ -45,7 +46,9 @@ def _start(tool: str, out: Path) -> subprocess.Popen:
     else:  # Lightning and Fabric start the second process themselves
         command = [sys.executable, WORKER, tool, str(out)]
     log = open(out / "log.txt", "w")
-    return subprocess.Popen(command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,9 @@ def state_to_arrays(state: Mapping) -> dict[str, np.ndarray]:
         {'format': 'windowloader/2', 'epoch': 1, 'shuffle': True}
     """
     if not isinstance(state, Mapping):
-        raise TypeError(f"state must be what loader.state_dict() returned (a dict), got {type(state).__name__}")
+        raise TypeError(
+            f"state must be what loader.state_dict() returned (a dict), got {type(state).__name__}"
+        )
     text = json.dumps(dict(state), allow_nan=False)
     return {PACKED_KEY: np.frombuffer(text.encode(), dtype=np.uint8).copy()}
 

@@ -3,7 +3,8 @@
 `prepare` returns the loader as it is (see `WindowDataLoader._is_accelerate_prepared`): it already
 serves each process its own rows, resumes through `state_dict` and starts new epochs. Options of
 the `Accelerator` that would have Accelerate cut or send batches are refused here, by name, instead
-of being ignored; its device placement becomes the loader's `device`. Accelerate itself is never imported: the caller is recognized by its class.
+of being ignored; its device placement becomes the loader's `device`. Accelerate itself is never
+imported: the caller is recognized by its class.
 """
 
 from __future__ import annotations

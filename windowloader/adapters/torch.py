@@ -640,10 +640,13 @@ def create_dataloader(
     for name in ("batch_sampler", "sampler", "batch_size", "shuffle", "drop_last"):
         if name in dataloader_kwargs:
             raise TypeError(f"create_dataloader sets {name} itself: remove it from the keyword arguments")
-    for name, value in (("shuffle", shuffle), ("drop_last", drop_last), ("pad_last", pad_last), ("restart", restart)):
+    for name, value in [("shuffle", shuffle), ("drop_last", drop_last), ("pad_last", pad_last)]:
         _checks.boolean(name, value)
+    _checks.boolean("restart", restart)
     if pad_last and drop_last:
-        raise ValueError("pad_last=True pads the last partial batch, which drop_last=True drops: pass drop_last=False")
+        raise ValueError(
+            "pad_last=True pads the last partial batch, which drop_last=True drops: pass drop_last=False"
+        )
     ranks = None if rank is None and world_size is None else _given_ranks(rank, world_size)
     first_rank, first_world_size = ranks or _launched_ranks()[:2]
     if shuffle and seed is None and first_world_size > 1:
