@@ -151,6 +151,7 @@ def tokenize_corpus(
     lock_timeout: float = 600.0,
     shards: int | None = None,
     shard: int | None = None,
+    engine: str = "local",
 ) -> TokenizedCorpus | None:
     """Tokenizes `sources` into the token cache, or opens the cache made by an earlier call.
 
@@ -178,6 +179,10 @@ def tokenize_corpus(
         shards: build the cache as this many shard files and a manifest (docs/shards.md); the
             corpus opened is the same token stream as the single-file cache's.
         shard: with `shards`, build only shard `shard` (0-based), as one process of many would.
+        engine: "local" builds in this process; "ray" builds the `shards` shards with one Ray
+            task each, on the cluster `$RAY_ADDRESS` names or runs on this machine, else a local
+            one (`windowloader.engines.ray`, docs/scale.md); `cache_dir` must be a folder every
+            node shares.
 
     Returns:
         A `TokenizedCorpus` whose `tokens` is a read-only memmap of the cache (a `ShardedTokens`
@@ -197,6 +202,22 @@ def tokenize_corpus(
     _check_corpus_options(separator, text_field)
     workers = encode.default_workers() if workers is None else _checks.positive_int("workers", workers)
     lock_timeout = _checks.non_negative_number("lock_timeout", lock_timeout)
+    if engine != "local":
+        _check_engine(engine, shards, shard)
+        from windowloader.engines import ray
+
+        manifest = ray.build(
+            sources,
+            tokenizer,
+            shards=shards,
+            cache_dir=cache_dir,
+            separator=separator,
+            suffixes=suffixes,
+            text_field=text_field,
+            lock_timeout=lock_timeout,
+            progress=progress,
+        )
+        return TokenizedCorpus.open(manifest)
     if shards is not None or shard is not None:
         if shards is None:
             raise ValueError(f"shard={shard!r} needs shards=N, the number of shards it is one of")
@@ -235,6 +256,16 @@ def tokenize_corpus(
             f"{meta['replaced_chars']} undecodable characters were replaced by U+FFFD", stacklevel=2
         )
     return _memmap(bin_path, meta, cached=False)
+
+
+def _check_engine(engine, shards, shard) -> None:
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if shards is None or shard is not None:
+        raise ValueError(
+            f"engine={engine!r} builds every shard of a sharded cache: pass shards=N and no shard= "
+            f"(got shards={shards!r}, shard={shard!r})"
+        )
 
 
 def shards_module():

@@ -180,6 +180,18 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shard", type=_shard, metavar="I/N", help="build shard I (0-based) of N alone, e.g. 3/64 in a job array"
     )
+    parser.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: one Ray task per shard of --shards N (default local: this process)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster for --engine ray (default $RAY_ADDRESS, a cluster on this machine, or a new "
+        "local one; 'local' always starts a new one)",
+    )
     _add_corpus_flags(parser)
     return parser
 
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `windowloader ... | head` stopped reading: nothing left to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's last flush does not fail too
         return 1
-    except (_Failure, OSError, ValueError, TypeError, ImportError) as error:
+    except (_Failure, OSError, ValueError, TypeError, ImportError, RuntimeError) as error:
         print(f"windowloader: error: {error}", file=sys.stderr)
         return 2
     except MemoryError:
@@ -310,6 +322,12 @@ def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus | None:
 def _sharding(args: argparse.Namespace) -> dict:
     """`tokenize_corpus`'s shards/shard arguments from `prepare --shards N --shard I/N`."""
     shards, shard = getattr(args, "shards", None), getattr(args, "shard", None)
+    if getattr(args, "engine", "local") == "ray":
+        if shards is None or shard is not None:
+            raise _Failure("--engine ray builds every shard: pass --shards N (and no --shard)")
+        if args.ray_address:
+            os.environ["RAY_ADDRESS"] = args.ray_address  # what ray.init reads when given no address
+        return {"shards": shards, "engine": "ray"}
     if shard is None:
         return {} if shards is None else {"shards": shards}
     if shards is not None and shards != shard[1]:
