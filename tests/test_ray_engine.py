@@ -4,6 +4,7 @@ cache, a shard task killed mid-write retried, and a shard that keeps failing fai
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,22 @@ def test_the_command_runs_the_ray_engine(sources, local_build, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(".manifest.json")
     assert cache_files(tmp_path) == local_build[1]
+
+
+def test_without_ray_the_error_names_the_extra(sources, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # importing ray now raises ImportError
+    with pytest.raises(ImportError, match=r"^engine='ray' needs ray: pip install 'windowloader\[ray\]'$"):
+        wl.tokenize_corpus(sources, "bytes", cache_dir=tmp_path, shards=2, engine="ray")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"engine": "spark", "shards": 2}, "engine must be 'local' or 'ray', got 'spark'"),
+        ({"engine": "ray"}, "engine='ray' builds every shard of a sharded cache: pass shards=N"),
+        ({"engine": "ray", "shards": 2, "shard": 0}, "pass shards=N and no shard="),
+    ],
+)
+def test_engine_arguments_are_checked_before_any_work(sources, tmp_path, arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        wl.tokenize_corpus(sources, "bytes", cache_dir=tmp_path, **arguments)
