@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of every mode; the best time is kept")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--write-formats", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.root, args.cache_dir, args.tokenizer)))
@@ -181,6 +182,9 @@ def main() -> None:
     from windowloader import corpus
 
     sources = corpus.resolve(args.root, suffixes=(".py",))
+    if args.write_formats:
+        write_formats(sources, args.write_formats)
+        return
     corpus_mb = sum(source.size for source in sources) / 1e6
     print(
         f"corpus: {len(sources):,} .py files, {corpus_mb:.1f} MB under {args.root}; {os.cpu_count()} CPUs; tokenizer {args.tokenizer}"
@@ -190,7 +194,10 @@ def main() -> None:
         # Modes interleaved, best time kept: a shared machine's load then hits every mode alike.
         with tempfile.TemporaryDirectory() as cache_dir:
             if set(FORMATS) & set(args.modes):
-                write_formats(sources, Path(cache_dir) / "formats")
+                # In a process of its own: a child's peak RSS starts from its parent's RSS.
+                folder = str(Path(cache_dir) / "formats")
+                command = [sys.executable, __file__, "--root", str(args.root), "--write-formats", folder]
+                subprocess.run(command, check=True)
             for mode in args.modes:
                 result = _run(mode, args, cache_dir)
                 best = results.setdefault(mode, result)
