@@ -6,6 +6,7 @@
 
 from windowloader.cache import TokenizedCorpus, tokenize_corpus
 from windowloader.checkpoint import state_from_arrays, state_to_arrays
+from windowloader.mixture import Mixture
 from windowloader.order import BatchOrder
 from windowloader.tokenizer import ByteTokenizer, load_tokenizer
 from windowloader.windows import TokenWindows
@@ -13,6 +14,7 @@ from windowloader.windows import TokenWindows
 __all__ = [
     "BatchOrder",
     "ByteTokenizer",
+    "Mixture",
     "TokenWindows",
     "TokenizedCorpus",
     "load_tokenizer",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator
+from itertools import repeat
 
 import numpy as np
 
@@ -45,10 +46,9 @@ class Cursor:
         self.step = 0
 
     def steps(self) -> Iterator[tuple[int, int]]:
-        """(epoch, step) of each batch left in the current epoch, from the cursor on."""
-        epoch = self.epoch
-        for step in range(self.step, len(self.order)):
-            yield epoch, step
+        """(epoch, step) of each batch left in the current epoch, from the cursor on; fixed when
+        called (the consumer moves the cursor while a prefetcher reads these)."""
+        return zip(repeat(self.epoch), range(self.step, len(self.order)))
 
     def advance(self) -> None:
         """Records one batch handed to the user; after an epoch's last, the next epoch begins."""

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from windowloader import _checks
+from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder
 from windowloader.order import BatchOrder
 from windowloader.packing import PackedRows
 from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments
@@ -110,11 +111,12 @@ def create_dataset(
 class ShardedBatches:
     """Builds global batches as jax.Arrays from their window indices, reading only this process's rows.
 
-    Batch layout: `(inputs, targets[, weights][, segment_ids, positions][, mask])`.
+    Batch layout: `(inputs, targets[, weights][, segment_ids, positions][, source][, mask])`.
     `inputs`/`targets` are `dtype`, `weights` float32, `segment_ids`/`positions` int32, all
-    `(batch_size, max_length)` sharded `P(data_axis, None)`; `mask` is
-    bool `(batch_size,)` sharded `P(data_axis)`, present whenever `drop_last=False`, False on
-    the zero rows that pad the last partial batch (whose weights are 0 too).
+    `(batch_size, max_length)` sharded `P(data_axis, None)`; `source` (a mixture's, when asked)
+    is int32 `(batch_size,)` and `mask` bool `(batch_size,)`, both sharded `P(data_axis)`; `mask`
+    is present whenever `drop_last=False`, False on the zero rows that pad the last partial
+    batch (whose weights are 0 too).
 
     `transfer="arrays"` moves inputs and targets as two `dtype` arrays; `transfer="rows"` moves
     each window once, `(batch_size, max_length + 1)` in the tokens' own dtype (2 bytes a token
@@ -122,10 +124,18 @@ class ShardedBatches:
     """
 
     def __init__(
-        self, dataset: WindowDataset, order: BatchOrder, mesh: Mesh, data_axis, dtype, transfer: str
+        self,
+        dataset: WindowDataset,
+        order: BatchOrder,
+        mesh: Mesh,
+        data_axis,
+        dtype,
+        transfer: str,
+        return_source: bool = False,
     ) -> None:
         self.windows, self.order, self.dtype, self.transfer = dataset.windows, order, dtype, transfer
         self.return_weights, self.return_segments = dataset.return_weights, dataset.return_segments
+        self.return_source = return_source
         self.with_mask = not order.drop_last
         self.rows = NamedSharding(mesh, PartitionSpec(data_axis, None))
         self.mask_sharding = NamedSharding(mesh, PartitionSpec(data_axis))
@@ -134,7 +144,8 @@ class ShardedBatches:
         self.every_row = np.array_equal(self.positions, np.arange(order.batch_size))
         self.all_valid = np.ones(len(self.positions), dtype=bool)
         if transfer == "rows":
-            self.row_dtype = _row_dtype(self.windows.tokens.dtype, dtype)
+            # The tokens' dtype (a mixture's common one), as its rows come.
+            self.row_dtype = _row_dtype(self.windows.gather_rows([0]).dtype, dtype)
             self.split = jax.jit(_split_rows(dtype), out_shardings=(self.rows, self.rows))
 
     def __call__(self, epoch: int, step: int) -> tuple[jax.Array, ...]:
@@ -162,15 +173,17 @@ class ShardedBatches:
             parts.extend(self.windows.segments(indices))
         if valid is not None:
             parts = [_pad_rows(part, valid) for part in parts]
+        if self.return_source:  # a mixture's batches are always full
+            parts.append(self.windows.source_of(indices))
         if self.with_mask:
             parts.append(self.all_valid if valid is None else valid)
         return parts
 
     def to_device(self, parts: list[np.ndarray]) -> tuple[jax.Array, ...]:
-        if self.with_mask:
-            arrays = self._put(parts[:-1], self.rows) + self._put(parts[-1:], self.mask_sharding)
-        else:
-            arrays = self._put(parts, self.rows)
+        split = len(parts) - self.with_mask - self.return_source  # then (batch,) parts: source, mask
+        arrays = self._put(parts[:split], self.rows)
+        if split < len(parts):
+            arrays += self._put(parts[split:], self.mask_sharding)
         if self.transfer == "rows":
             return self.split(arrays[0]) + arrays[1:]
         return arrays
@@ -246,9 +259,10 @@ class WindowDataLoader:
         """Epoch, batches handed out in it, seed, global batch size and corpus/config checks."""
         return self.cursor.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continues from `state`, saved by this or another windowloader loader (torch included)."""
-        self.cursor.load_state_dict(state)
+    def load_state_dict(self, state: dict, **options) -> None:
+        """Continues from `state`, saved by this or another windowloader loader (torch included).
+        A mixture loader takes `schedule=[(from_step, weights), ...]` to change its proportions."""
+        self.cursor.load_state_dict(state, **options)
 
     def batch_windows(self, epoch: int, step: int) -> np.ndarray:
         """The window indices of global batch `step` of `epoch`, without moving the loader."""
@@ -403,7 +417,7 @@ def _stop_all() -> None:
 
 
 def create_dataloader(
-    dataset: WindowDataset,
+    dataset: WindowDataset | Mixture,
     batch_size: int = 4,
     shuffle: bool = True,
     drop_last: bool = True,
@@ -414,6 +428,7 @@ def create_dataloader(
     prefetch: int = 2,
     dtype=jnp.int32,
     transfer: str | None = None,
+    return_source: bool = False,
 ) -> WindowDataLoader:
     """A loader of global batches `(inputs, targets[, weights][, segment_ids, positions][, mask])` sharded over `mesh`.
 
@@ -435,6 +450,11 @@ def create_dataloader(
             devices (2 bytes a token for gpt2), "arrays" moves inputs and targets as two `dtype`
             arrays; None (default) picks "rows" unless every device is a CPU, where a transfer
             is a copy and the extra split costs more than it saves.
+        return_source: with a `windowloader.Mixture` as `dataset`, add each row's source id.
+
+    A mixture of datasets from this module may stand for `dataset` (see docs/mixtures.md):
+    iteration then goes on without end, `len(loader)` being the steps until the first source
+    has served its whole first epoch; every batch is full (`mask`, if any, is all True).
 
     Example:
         >>> from windowloader.adapters.jax import create_dataset, create_dataloader
@@ -445,6 +465,12 @@ def create_dataloader(
         >>> inputs.tolist(), inputs.sharding.spec
         ([[1, 2, 3, 4], [3, 4, 5, 6]], P('data', None))
     """
+    mixture = dataset if isinstance(dataset, Mixture) else None
+    return_source = _checks.boolean("return_source", return_source)
+    if mixture is not None:
+        dataset = _mixture_dataset(mixture)
+    elif return_source:
+        raise ValueError("return_source=True needs a windowloader.Mixture: one dataset has one source")
     if not isinstance(dataset, WindowDataset):
         raise TypeError(
             f"dataset must come from windowloader.adapters.jax.create_dataset, got "
@@ -454,13 +480,29 @@ def create_dataloader(
     prefetch = _checks.non_negative_int("prefetch", prefetch)
     mesh = _default_mesh() if mesh is None else _check_mesh(mesh)
     data_axis = _check_data_axis(mesh, data_axis, batch_size)
-    dtype = _check_dtype(dtype, dataset.windows.tokens)
     transfer = _check_transfer(transfer, mesh)
-    order = BatchOrder(len(dataset), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    for source in mixture.datasets if mixture is not None else (dataset,):
+        dtype = _check_dtype(dtype, source.windows.tokens)
+    layout = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+    if mixture is not None:
+        order = MixtureOrder([len(d) for d in mixture.datasets], mixture.names, mixture.stages, **layout)
+    else:
+        order = BatchOrder(len(dataset), **layout)
     if seed is None and jax.process_count() > 1:
         order.seed = _seed_of_process_0(order.seed)
-    batches = ShardedBatches(dataset, order, mesh, data_axis, dtype, transfer)
-    return WindowDataLoader(batches, Cursor(dataset.windows, order), prefetch)
+    batches = ShardedBatches(dataset, order, mesh, data_axis, dtype, transfer, return_source)
+    cursor = (MixtureCursor if mixture is not None else Cursor)(dataset.windows, order)
+    return WindowDataLoader(batches, cursor, prefetch)
+
+
+def _mixture_dataset(mixture: Mixture) -> WindowDataset:
+    if not all(isinstance(source, WindowDataset) for source in mixture.datasets):
+        raise TypeError(
+            "a mixture given to windowloader.adapters.jax.create_dataloader must hold datasets from "
+            "windowloader.adapters.jax.create_dataset"
+        )
+    parts = dict(return_weights=mixture.return_weights, return_segments=mixture.return_segments)
+    return WindowDataset(mixture.windows(), **parts)
 
 
 def _default_mesh() -> Mesh:

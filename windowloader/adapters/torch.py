@@ -30,6 +30,7 @@ import numpy as np
 from windowloader import _checks
 from windowloader.adapters._accelerate import check_accelerator
 from windowloader.adapters._torch_device import DeviceTransfer, check_device
+from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder, MixtureWindows
 from windowloader.order import BatchOrder
 from windowloader.segments import cu_seqlens as _cu_seqlens
 from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments, windows_from_text
@@ -169,6 +170,33 @@ class GPTDatasetV1(Dataset):
             f"GPTDatasetV1({self.windows!r}, return_weights={self.return_weights}, "
             f"return_segments={self.return_segments})"
         )
+
+
+class MixtureDataset(GPTDatasetV1):
+    """The sources of a `Mixture` as one dataset: `windows` is their `MixtureWindows`, and
+    each batch holds the int32 source ids after the weights when `return_source`."""
+
+    def __init__(self, sources: list[GPTDatasetV1], names: tuple[str, ...], return_source: bool) -> None:
+        self.sources, self.names = list(sources), tuple(names)
+        self.return_source = _checks.boolean("return_source", return_source)
+        windows = MixtureWindows([source.windows for source in self.sources], self.names)
+        self._set(windows, self.sources[0].return_weights, self.sources[0].return_segments)
+
+    def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
+        rows, extras, mask = super()._rows(indices, dtype, pad_to)  # a mixture's batches are full
+        return rows, extras + ((self.windows.source_of(indices),) if self.return_source else ()), mask
+
+    def _share_tokens(self) -> None:
+        for source in self.sources:
+            source._share_tokens()
+        self.windows = MixtureWindows([source.windows for source in self.sources], self.names)
+
+    def __reduce__(self):
+        self._share_tokens()  # each source then travels as a file path or a shared-memory handle
+        return (MixtureDataset, (self.sources, self.names, self.return_source))
+
+    def __repr__(self) -> str:
+        return f"MixtureDataset({self.windows!r}, return_weights={self.return_weights})"
 
 
 class _BatchGroup(list):
@@ -510,7 +538,7 @@ class WindowDataLoader(DataLoader):
         Lightning, Fabric and Accelerate users make each epoch never replay or skip a batch, and
         a new loader (`reload_dataloaders_every_n_epochs`) given `set_epoch(e)` serves epoch e."""
         epoch = _checks.non_negative_int("epoch", epoch)
-        if epoch > self.cursor.epoch:
+        if epoch > self.cursor.epoch and not isinstance(self.cursor, MixtureCursor):  # it counts steps only
             self.cursor.epoch, self.cursor.step = epoch, 0
 
     def state_dict(self) -> dict:
@@ -520,10 +548,11 @@ class WindowDataLoader(DataLoader):
         self._sync_ranks()
         return self.cursor.state_dict()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, **options) -> None:
         """Continues from `state`, saved by this or another windowloader loader (JAX included),
         with any world size whose global batch (`batch_size × world_size`) is the same; the
-        array form of `windowloader.state_to_arrays` is taken too."""
+        array form of `windowloader.state_to_arrays` is taken too. A mixture loader takes
+        `schedule=[(from_step, weights), ...]` to change its proportions from the saved step on."""
         order = self._sync_ranks()
         saved = state.get("global_batch_size") if isinstance(state, dict) else None
         if self._ranks is None and not _launched_ranks()[2] and saved not in (None, order.batch_size):
@@ -533,7 +562,7 @@ class WindowDataLoader(DataLoader):
                 "distributed is not initialized: load the state after init_process_group (or after "
                 "Lightning/Fabric/Accelerate start), or pass rank= and world_size= to create_dataloader"
             )
-        self.cursor.load_state_dict(state)
+        self.cursor.load_state_dict(state, **options)
 
     def batch_windows(self, epoch: int, step: int) -> np.ndarray:
         """The window indices (into the whole corpus) of batch `step` of `epoch` on this rank,
@@ -547,7 +576,8 @@ class WindowDataLoader(DataLoader):
         order = self.cursor.order
         if (rank, world_size) != (order.rank, order.world_size):
             self.cursor.order = order = self._reorder(order, rank, world_size)
-        if world_size > 1 and not (order.drop_last or self.pad_last) and order.n_windows % order.batch_size:
+        partial = isinstance(order, BatchOrder) and order.n_windows % order.batch_size  # never in a mixture
+        if world_size > 1 and not (order.drop_last or self.pad_last) and partial:
             raise ValueError(
                 f"drop_last=False on world_size={world_size} ranks: the last global batch holds "
                 f"{order.n_windows % order.batch_size} of {order.batch_size} windows, so ranks would get "
@@ -565,15 +595,12 @@ class WindowDataLoader(DataLoader):
             )
         if world_size > 1 and order.shuffle and not self._seed_given:
             raise ValueError(_seedless_shuffle(world_size))
-        new = BatchOrder(
-            order.n_windows,
-            batch_size=self.batch_size * world_size,
-            shuffle=order.shuffle,
-            drop_last=order.drop_last,
-            seed=order.seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        layout = dict(shuffle=order.shuffle, drop_last=order.drop_last, seed=order.seed, rank=rank)
+        layout.update(batch_size=self.batch_size * world_size, world_size=world_size)
+        if isinstance(order, MixtureOrder):
+            new = MixtureOrder(order.sizes, order.names, order.stages, **layout)
+        else:
+            new = BatchOrder(order.n_windows, **layout)
         if self._len_assumed not in (None, len(new)):
             warnings.warn(
                 f"len(loader) was {self._len_assumed} batches, counted for world_size={order.world_size} "
@@ -586,7 +613,7 @@ class WindowDataLoader(DataLoader):
 
 
 def create_dataloader(
-    dataset: GPTDatasetV1,
+    dataset: GPTDatasetV1 | Mixture,
     batch_size: int = 4,
     shuffle: bool = True,
     drop_last: bool = True,
@@ -598,6 +625,7 @@ def create_dataloader(
     pad_last: bool = False,
     restart: bool = False,
     device=None,
+    return_source: bool = False,
     **dataloader_kwargs,
 ) -> WindowDataLoader:
     """A `DataLoader` yielding `(inputs, targets[, weights][, segment_ids, positions])`: int64
@@ -629,7 +657,23 @@ def create_dataloader(
         >>> loader = create_dataloader(dataset, batch_size=2, shuffle=False)
         >>> [inputs.tolist() for inputs, _ in loader]
         [[[1, 2, 3, 4], [3, 4, 5, 6]], [[5, 6, 7, 8], [7, 8, 9, 10]]]
+
+    A `windowloader.Mixture` of datasets from this module may stand for `dataset`: each batch
+    then mixes its sources in their scheduled shares (see docs/mixtures.md), `return_source=True`
+    adds int32 `(batch_size,)` source ids after the weights, and iteration goes on without end;
+    `len(loader)` is the steps until the first source has served its whole first epoch. Every
+    mixture batch is full, so `drop_last` changes nothing; `set_epoch` does nothing either.
     """
+    mixture = dataset if isinstance(dataset, Mixture) else None
+    if mixture is not None:
+        if restart:
+            raise ValueError(
+                "restart=True (evaluation) needs a dataset with an end, and a mixture goes on without "
+                "one: evaluate each source with its own create_eval_dataloader"
+            )
+        dataset = MixtureDataset(_own_datasets(mixture), mixture.names, return_source)
+    elif _checks.boolean("return_source", return_source):
+        raise ValueError("return_source=True needs a windowloader.Mixture: one dataset has one source")
     if not isinstance(dataset, GPTDatasetV1):
         raise TypeError(
             f"dataset must come from windowloader.adapters.torch.create_dataset, got "
@@ -660,18 +704,16 @@ def create_dataloader(
             )
     if num_workers:
         dataset._share_tokens()  # before the cursor takes the windows: the move is then complete
-    order = BatchOrder(
-        len(dataset),
-        batch_size=batch_size * first_world_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        seed=seed,
-        rank=first_rank,
-        world_size=first_world_size,
-    )
+    layout = dict(shuffle=shuffle, drop_last=drop_last, seed=seed, rank=first_rank)
+    layout.update(batch_size=batch_size * first_world_size, world_size=first_world_size)
+    if mixture is not None:
+        sizes = [len(source) for source in dataset.sources]
+        cursor = MixtureCursor(dataset.windows, MixtureOrder(sizes, mixture.names, mixture.stages, **layout))
+    else:
+        cursor = Cursor(dataset.windows, BatchOrder(len(dataset), **layout))
     return WindowDataLoader(
         dataset,
-        Cursor(dataset.windows, order),
+        cursor,
         batch_size=batch_size,
         ranks=ranks,
         seed_given=seed is not None,
@@ -681,6 +723,15 @@ def create_dataloader(
         num_workers=num_workers,
         **dataloader_kwargs,
     )
+
+
+def _own_datasets(mixture: Mixture) -> list[GPTDatasetV1]:
+    if not all(isinstance(source, GPTDatasetV1) for source in mixture.datasets):
+        raise TypeError(
+            "a mixture given to windowloader.adapters.torch.create_dataloader must hold datasets from "
+            "windowloader.adapters.torch.create_dataset"
+        )
+    return list(mixture.datasets)
 
 
 def create_eval_dataloader(
@@ -752,7 +803,8 @@ def _launched_ranks() -> tuple[int, int, bool]:
 def _group_size(dataset: GPTDatasetV1, batch_size: int) -> int:
     """Batches per worker message: about _GROUP_BYTES of rows in the tokens' dtype."""
     windows = dataset.windows
-    batch_bytes = batch_size * (windows.max_length + 1) * windows.tokens.itemsize
+    itemsize = windows.gather_rows([0]).itemsize  # the tokens' dtype (a mixture's common one)
+    batch_bytes = batch_size * (windows.max_length + 1) * itemsize
     return max(1, min(_MAX_GROUP, _GROUP_BYTES // batch_bytes))
 
 

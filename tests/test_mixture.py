@@ -1,0 +1,307 @@
+"""Mixtures: per-batch shares, every source-epoch complete and without repeats, schedules changed on
+resume under another world size, torch = JAX, states, and bad input.
+
+Every check decodes which window a row is from its tokens (each source's tokens are their own
+range of ids), and compares with shares and sums computed here from the weights, never with the
+library's own allocation.
+"""
+
+import os
+
+# The same device setup as test_jax_adapter (whichever module makes the backend first).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import itertools
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from windowloader import Mixture
+from windowloader.adapters import torch as wl_torch
+from windowloader.mixture import MixtureOrder
+
+NAMES = ("web", "code", "books")
+WEIGHTS = (0.5, 0.3, 0.2)
+# Source s's token ids start at BASES[s]: a row's first token says its source and window.
+BASES = (0, 200_000, 400_000)
+
+
+def source_tokens(s, n_windows, max_length, stride):
+    return np.arange(BASES[s], BASES[s] + (n_windows - 1) * stride + max_length + 1, dtype=np.int64)
+
+
+def decode(first_tokens, stride):
+    """(source, window) of each row from its first input token."""
+    sources = np.searchsorted(BASES, first_tokens, side="right") - 1
+    return sources, (first_tokens - np.asarray(BASES)[sources]) // np.asarray(stride)[sources]
+
+
+def make_mixture(
+    adapter, sizes=(60, 37, 23), max_length=4, strides=(2, 3, 4), weights=WEIGHTS, return_weights=False, **kwargs
+):
+    datasets = {
+        name: adapter.create_dataset(
+            tokens=source_tokens(s, n, max_length, strides[s]),
+            max_length=max_length,
+            stride=strides[s],
+            return_weights=return_weights,
+        )
+        for s, (name, n) in enumerate(zip(NAMES, sizes))
+    }
+    return Mixture(datasets, weights=list(weights), **kwargs)
+
+
+def exact_totals(stages, batch_size, step):
+    """Each source's exact weighted sum of windows over batches 0..step-1, as Fractions."""
+    totals = [Fraction(0)] * len(stages[0][1])
+    bounds = [start for start, _ in stages[1:]] + [step]
+    for (start, weights), stop in zip(stages, bounds):
+        span = max(0, min(stop, step) - start)
+        weights = [Fraction(w).limit_denominator(10_000) for w in weights]
+        totals = [t + span * batch_size * w / sum(weights) for t, w in zip(totals, weights)]
+    return totals
+
+
+class EpochChecker:
+    """Per source: the windows seen in its current source-epoch. A repeat within it fails; an
+    epoch closes when all its windows were seen, so none was skipped."""
+
+    def __init__(self, sizes):
+        self.sizes, self.seen, self.epochs = sizes, [set() for _ in sizes], [0] * len(sizes)
+
+    def add(self, sources, windows):
+        for s, w in zip(sources.tolist(), windows.tolist()):
+            assert 0 <= w < self.sizes[s]
+            assert w not in self.seen[s], f"source {s} repeated window {w} in its epoch {self.epochs[s]}"
+            self.seen[s].add(w)
+            if len(self.seen[s]) == self.sizes[s]:
+                self.seen[s], self.epochs[s] = set(), self.epochs[s] + 1
+
+
+def global_batches(loader, steps):
+    """First tokens of each batch's rows, and the loader's source ids."""
+    out = []
+    for batch in itertools.islice(loader, steps):
+        out.append((np.asarray(batch[0])[:, 0], np.asarray(batch[-1])))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [16, 10, 7])
+def test_every_batch_and_every_running_total_within_one_window_of_its_share(batch_size):
+    stages = ((0, WEIGHTS), (37, (0.2, 0.2, 0.6)), (90, (1 / 3, 1 / 3, 1 / 3)), (150, (0.7, 0.0, 0.3)))
+    mixture = make_mixture(wl_torch, sizes=(1000, 1000, 1000), schedule=list(stages[1:]))
+    loader = wl_torch.create_dataloader(mixture, batch_size=batch_size, seed=0)
+    served = np.zeros(3)
+    for step, (tokens, _) in enumerate(global_batches(loader, 300)):
+        sources, _ = decode(tokens, (2, 3, 4))
+        counts = np.bincount(sources, minlength=3)
+        weights = [w for start, w in stages if start <= step][-1]
+        assert np.all(np.abs(counts - np.asarray(weights) * batch_size) <= 1 + 1e-9), (step, counts)
+        served += counts
+        exact = exact_totals(stages, batch_size, step + 1)
+        assert all(abs(s - e) < 1 for s, e in zip(served, exact)), (step, served, exact)
+
+
+def test_a_million_windows_no_source_repeats_or_skips_across_a_weight_change_and_a_resume():
+    """10^6 windows (3 sources, 3 epochs or more each): steps 0..k-1 on 1 process under one weight,
+    then a state resumed by 4 ranks with new weights (their slices put together), to the end."""
+    sizes, strides, batch = (20_011, 35_023, 77_017), (1, 1, 1), 256
+    mixture = make_mixture(wl_torch, sizes=sizes, max_length=2, strides=strides)
+    windows = mixture.windows()
+    checker, served = EpochChecker(sizes), np.zeros(3, dtype=np.int64)
+    first = wl_torch.create_dataloader(mixture, batch_size=batch, seed=5, return_source=True)
+    change_at = 1_500
+    for step, (tokens, source) in enumerate(global_batches(first, change_at)):
+        sources, ids = decode(tokens, strides)
+        assert np.array_equal(sources, source)
+        checker.add(sources, ids)
+        served += np.bincount(sources, minlength=3)
+    state = json.loads(json.dumps(first.state_dict()))
+    new = [(0, [0.1, 0.3, 0.6]), (3_000, [0.4, 0.4, 0.2])]
+    ranks = [
+        wl_torch.create_dataloader(mixture, batch_size=batch // 4, seed=0, rank=r, world_size=4)
+        for r in range(4)
+    ]
+    for loader in ranks:
+        loader.load_state_dict(state, schedule=new)
+    stages = [(0, WEIGHTS), (change_at, (0.1, 0.3, 0.6)), (3_000, (0.4, 0.4, 0.2))]
+    for step, parts in enumerate(zip(*(itertools.islice(r, 4_000 - change_at) for r in ranks)), change_at):
+        sources, ids = decode(np.concatenate([p[0][:, 0].numpy() for p in parts]), strides)
+        checker.add(sources, ids)
+        counts = np.bincount(sources, minlength=3)
+        weights = [w for start, w in stages if start <= step][-1]
+        assert np.all(np.abs(counts - np.asarray(weights) * batch) <= 1), (step, counts)
+        served += counts
+        assert all(abs(s - e) < 1 for s, e in zip(served, exact_totals(stages, batch, step + 1)))
+    assert served.sum() == 4_000 * batch >= 10**6
+    assert min(checker.epochs) >= 3  # several source-epochs closed, each complete
+    assert windows.sources[0].max_length == 2
+
+
+def test_rank_slices_put_together_are_the_global_batch_and_each_a_fair_sample():
+    mixture = make_mixture(wl_torch, sizes=(400, 300, 200))
+    single = wl_torch.create_dataloader(mixture, batch_size=32, seed=3, return_source=True)
+    ranks = [
+        wl_torch.create_dataloader(mixture, batch_size=8, seed=3, rank=r, world_size=4, return_source=True)
+        for r in range(4)
+    ]
+    for whole, *parts in itertools.islice(zip(single, *ranks), 60):
+        assert np.array_equal(whole[0], np.concatenate([p[0] for p in parts]))
+        for part in parts:  # each rank's 8 rows hold each source in its share of them, within ±1
+            counts = np.bincount(part[2].numpy(), minlength=3)
+            assert np.all(np.abs(counts - np.asarray(WEIGHTS) * 8) <= 1 + 1e-9), counts
+
+
+def test_without_shuffle_each_source_serves_its_windows_in_order_epoch_after_epoch():
+    mixture = make_mixture(wl_torch, sizes=(7, 5, 3))
+    loader = wl_torch.create_dataloader(mixture, batch_size=10, shuffle=False)
+    per_source = [[], [], []]
+    for tokens, _ in global_batches(loader, 12):
+        sources, ids = decode(tokens, (2, 3, 4))
+        for s in range(3):
+            per_source[s] += ids[sources == s].tolist()
+    for s, n in enumerate((7, 5, 3)):
+        assert per_source[s] == [i % n for i in range(len(per_source[s]))]
+
+
+def test_len_is_the_step_the_first_source_ends_its_first_epoch_and_iteration_goes_on():
+    mixture = make_mixture(wl_torch, sizes=(90, 40, 50), schedule=[(3, (0.2, 0.2, 0.6))])
+    loader = wl_torch.create_dataloader(mixture, batch_size=10, seed=1, return_source=True)
+    served, first_done = np.zeros(3, dtype=int), None
+    batches = list(itertools.islice(loader, len(loader) + 25))  # goes on past len()
+    assert len(batches) == len(loader) + 25
+    for step, batch in enumerate(batches, 1):
+        served += np.bincount(batch[2].numpy(), minlength=3)
+        if first_done is None and np.any(served >= (90, 40, 50)):
+            first_done = step
+    assert len(loader) == first_done
+
+
+def test_torch_and_jax_give_equal_batches_and_resume_each_others_states():
+    from windowloader.adapters import jax as wl_jax
+
+    kwargs = dict(sizes=(70, 45, 30), schedule=[(5, (0.6, 0.2, 0.2))], return_weights=True)
+    torch_mixture, jax_mixture = make_mixture(wl_torch, **kwargs), make_mixture(wl_jax, **kwargs)
+    torch_loader = wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=9, return_source=True)
+    jax_loader = wl_jax.create_dataloader(jax_mixture, batch_size=8, seed=9, return_source=True)
+    for t, j in itertools.islice(zip(torch_loader, jax_loader), 20):
+        assert len(t) == len(j) == 4  # inputs, targets, weights, source
+        for a, b in zip(t, j):
+            assert np.array_equal(a.numpy(), np.asarray(b))
+    torch_state, jax_state = torch_loader.state_dict(), jax_loader.state_dict()
+    assert torch_state == jax_state and torch_state["step"] == 20
+    uninterrupted = list(itertools.islice(wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=9), 26))
+    torch_resumed = wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=0)
+    jax_resumed = wl_jax.create_dataloader(jax_mixture, batch_size=8, seed=0, prefetch=0)
+    torch_resumed.load_state_dict(jax_state)
+    jax_resumed.load_state_dict(torch_state)
+    for want, got_torch, got_jax in zip(uninterrupted[20:], torch_resumed, jax_resumed):
+        assert np.array_equal(got_torch[0].numpy(), want[0].numpy())
+        assert np.array_equal(np.asarray(got_jax[0]), want[0].numpy())
+
+
+def test_state_is_small_plain_and_names_each_source():
+    mixture = make_mixture(wl_torch, sizes=(60, 37, 23), schedule=[(100, (0.3, 0.3, 0.4)), (500, (0.1, 0.1, 0.8))])
+    loader = wl_torch.create_dataloader(mixture, batch_size=16, seed=2)
+    next(iter(loader))
+    state = loader.state_dict()
+    text = json.dumps(state)
+    assert len(text.encode()) < 2048
+    assert json.loads(text) == state and state["step"] == 1 and state["seed"] == 2
+    assert list(state["sources"]) == list(NAMES)
+    assert all(set(source) >= {"corpus", "stride", "windows"} for source in state["sources"].values())
+
+
+def test_resume_refuses_another_corpus_or_schedule_unless_asked():
+    mixture = make_mixture(wl_torch)
+    loader = wl_torch.create_dataloader(mixture, batch_size=8, seed=2)
+    state = loader.state_dict()
+    other = make_mixture(wl_torch, sizes=(61, 37, 23))
+    with pytest.raises(ValueError, match="sources"):
+        wl_torch.create_dataloader(other, batch_size=8, seed=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="global_batch_size"):
+        wl_torch.create_dataloader(mixture, batch_size=4, seed=2).load_state_dict(state)
+    rescheduled = make_mixture(wl_torch, schedule=[(10, (0.1, 0.1, 0.8))])
+    with pytest.raises(ValueError, match="schedule="):
+        wl_torch.create_dataloader(rescheduled, batch_size=8, seed=2).load_state_dict(state)
+    state["step"] = 5
+    with pytest.raises(ValueError, match="resume step 5"):
+        loader.load_state_dict(state, schedule=[(6, (0.1, 0.1, 0.8))])
+    single = wl_torch.create_dataloader(mixture.datasets[0], batch_size=8, seed=2)
+    with pytest.raises(ValueError, match="not a windowloader state"):
+        single.load_state_dict(state)
+    with pytest.raises(ValueError, match="mixture state"):
+        loader.load_state_dict(single.state_dict())
+
+
+def test_a_rescheduled_resume_keeps_the_past_and_applies_the_new_weights_from_the_resume_step():
+    mixture = make_mixture(wl_torch, sizes=(500, 500, 500))
+    loader = wl_torch.create_dataloader(mixture, batch_size=10, seed=4, return_source=True)
+    before = global_batches(loader, 7)
+    loader.load_state_dict(loader.state_dict(), schedule=[(0, (0.0, 0.0, 1.0)), (12, (1.0, 0.0, 0.0))])
+    after = global_batches(loader, 10)
+    assert all(np.all(source == 2) for _, source in after[:5]) and all(np.all(s == 0) for _, s in after[5:])
+    assert loader.state_dict()["schedule"][1:] == [[7, [0.0, 0.0, 1.0]], [12, [1.0, 0.0, 0.0]]]
+    replay = wl_torch.create_dataloader(mixture, batch_size=10, seed=4, return_source=True)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(global_batches(replay, 7), before))
+
+
+def test_workers_give_the_same_batches():
+    mixture = make_mixture(wl_torch, sizes=(300, 200, 100))
+    plain = global_batches(wl_torch.create_dataloader(mixture, batch_size=8, seed=6, return_source=True), 40)
+    workers = wl_torch.create_dataloader(
+        mixture, batch_size=8, seed=6, return_source=True, num_workers=2, multiprocessing_context="forkserver"
+    )
+    for (a, sa), (b, sb) in zip(plain, global_batches(workers, 40)):
+        assert np.array_equal(a, b) and np.array_equal(sa, sb)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(weights=[0.5, 0.5]), "one number per source"),
+        (dict(weights=[0.5, -0.1, 0.6]), ">= 0"),
+        (dict(weights=[0, 0, 0]), "not all be 0"),
+        (dict(schedule=[(0, WEIGHTS)]), "weights="),
+        (dict(schedule=[(10, WEIGHTS), (5, WEIGHTS)]), "must increase"),
+    ],
+)
+def test_bad_mixtures_are_refused_naming_the_parameter(change, message):
+    datasets = make_mixture(wl_torch).datasets
+    arguments = dict(weights=list(WEIGHTS)) | change
+    with pytest.raises(ValueError, match=message):
+        Mixture(dict(zip(NAMES, datasets)), **arguments)
+
+
+def test_sources_must_agree_and_come_from_one_adapter():
+    from windowloader.adapters import jax as wl_jax
+
+    web = wl_torch.create_dataset(tokens=np.arange(100), max_length=4, stride=2)
+    with pytest.raises(ValueError, match="max_length"):
+        Mixture({"web": web, "code": wl_torch.create_dataset(tokens=np.arange(100), max_length=5)}, [1, 1])
+    with pytest.raises(TypeError, match="same adapter"):
+        Mixture({"web": web, "code": wl_jax.create_dataset(tokens=np.arange(100), max_length=4)}, [1, 1])
+    with pytest.raises(ValueError, match="names"):
+        Mixture([web, web], [1, 1])
+    jax_only = Mixture({"web": wl_jax.create_dataset(tokens=np.arange(100), max_length=4)}, [1])
+    with pytest.raises(TypeError, match="adapters.torch.create_dataset"):
+        wl_torch.create_dataloader(jax_only, batch_size=2)
+    with pytest.raises(ValueError, match="return_source"):
+        wl_torch.create_dataloader(web, batch_size=2, return_source=True)
+
+
+def test_any_step_is_computed_directly():
+    """Step 10^9 of a schedule, without replaying the steps before it."""
+    stages = ((0, WEIGHTS), (10**6, (0.25, 0.25, 0.5)))
+    order = MixtureOrder([10**9, 10**9, 10**8], NAMES, stages, batch_size=16, seed=0)
+    sources = np.searchsorted(order.offsets, order.global_batch(0, 10**9), side="right") - 1
+    counts = np.bincount(sources, minlength=3)
+    assert np.all(np.abs(counts - np.array([0.25, 0.25, 0.5]) * 16) <= 1)
+    served = order.allocation.served([10**9])[0]
+    assert all(abs(s - e) < 1 for s, e in zip(served, exact_totals(stages, 16, 10**9)))
