@@ -194,18 +194,13 @@ class MixtureWindows:
 
     def source_of(self, ids: np.ndarray) -> np.ndarray:
         """The source index of each id, int32."""
-        return (np.searchsorted(self.offsets, ids, side="right") - 1).astype(np.int32)
+        return np.searchsorted(self.offsets[1:-1], ids, side="right").astype(np.int32)
 
     def gather_rows(self, ids, dtype=None) -> np.ndarray:
         """The windows `ids` whole: a new `(len(ids), max_length + 1)` array of `dtype`
         (default: the sources' common token dtype)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.max_length + 1), dtype=self.dtype if dtype is None else dtype)
-        sources = self.source_of(ids)
-        for source in np.unique(sources):
-            rows = np.flatnonzero(sources == source)
-            out[rows] = self.sources[source].gather_rows(ids[rows] - self.offsets[source])
-        return out
+        row = ((self.max_length + 1,), self.dtype if dtype is None else dtype)
+        return self._by_source("gather_rows", ids, row)[0]
 
     def gather(self, ids, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
         rows = self.gather_rows(ids, dtype)
@@ -213,13 +208,29 @@ class MixtureWindows:
 
     def weights(self, ids) -> np.ndarray:
         """Each source's predict-once weights (`TokenWindows.weights`)."""
+        return self._by_source("weights", ids, ((self.max_length,), np.float32))[0]
+
+    def segments(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        """Each source's `(segment_ids, positions)` (`TokenWindows.segments`)."""
+        shape = ((self.max_length,), np.int32)
+        return self._by_source("segments", ids, shape, shape)
+
+    def _by_source(self, method: str, ids, *parts: tuple[tuple[int, ...], type]) -> tuple[np.ndarray, ...]:
+        """`TokenWindows.<method>` of each source on its rows, put back in the rows' order."""
         ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.max_length), dtype=np.float32)
+        outs = tuple(np.empty((len(ids), *shape), dtype=dtype) for shape, dtype in parts)
         sources = self.source_of(ids)
-        for source in np.unique(sources):
-            rows = np.flatnonzero(sources == source)
-            out[rows] = self.sources[source].weights(ids[rows] - self.offsets[source])
-        return out
+        # Rows grouped by source with one sort: a few numpy calls per source, not a mask each.
+        by_source = np.argsort(sources, kind="stable")
+        ends = np.cumsum(np.bincount(sources, minlength=len(self.sources))).tolist()
+        for source, (start, end) in enumerate(zip([0, *ends], ends)):
+            if start == end:
+                continue
+            rows = by_source[start:end]
+            got = getattr(self.sources[source], method)(ids[rows] - self.offsets[source])
+            for out, part in zip(outs, got if isinstance(got, tuple) else (got,), strict=True):
+                out[rows] = part
+        return outs
 
 
 def source_seed(seed: int, name: str) -> int:
