@@ -190,10 +190,14 @@ def test_torch_and_jax_give_equal_batches_and_resume_each_others_states():
     torch_mixture, jax_mixture = make_mixture(wl_torch, **kwargs), make_mixture(wl_jax, **kwargs)
     torch_loader = wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=9, return_source=True)
     jax_loader = wl_jax.create_dataloader(jax_mixture, batch_size=8, seed=9, return_source=True)
-    for t, j in itertools.islice(zip(torch_loader, jax_loader), 20):
-        assert len(t) == len(j) == 4  # inputs, targets, weights, source
-        for a, b in zip(t, j):
-            assert np.array_equal(a.numpy(), np.asarray(b))
+    rows_loader = wl_jax.create_dataloader(
+        jax_mixture, batch_size=8, seed=9, return_source=True, drop_last=False, transfer="rows"
+    )
+    for t, j, r in itertools.islice(zip(torch_loader, jax_loader, rows_loader), 20):
+        assert len(t) == len(j) == len(r) - 1 == 4  # inputs, targets, weights, source[, mask]
+        for a, b, c in zip(t, j, r):
+            assert np.array_equal(a.numpy(), np.asarray(b)) and np.array_equal(a.numpy(), np.asarray(c))
+        assert np.asarray(r[-1]).all()  # every mixture batch is full
     torch_state, jax_state = torch_loader.state_dict(), jax_loader.state_dict()
     assert torch_state == jax_state and torch_state["step"] == 20
     uninterrupted = list(itertools.islice(wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=9), 26))
@@ -252,9 +256,12 @@ def test_a_rescheduled_resume_keeps_the_past_and_applies_the_new_weights_from_th
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(global_batches(replay, 7), before))
 
 
-def test_workers_give_the_same_batches():
+def test_workers_and_device_transfer_give_the_same_batches():
     mixture = make_mixture(wl_torch, sizes=(300, 200, 100))
     plain = global_batches(wl_torch.create_dataloader(mixture, batch_size=8, seed=6, return_source=True), 40)
+    on_device = wl_torch.create_dataloader(mixture, batch_size=8, seed=6, return_source=True, device="cpu")
+    for (a, sa), (b, sb) in zip(plain, global_batches(on_device, 40)):
+        assert np.array_equal(a, b) and np.array_equal(sa, sb)
     workers = wl_torch.create_dataloader(
         mixture, batch_size=8, seed=6, return_source=True, num_workers=2, multiprocessing_context="forkserver"
     )
