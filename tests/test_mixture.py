@@ -17,6 +17,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import itertools
 import json
+import subprocess
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -43,7 +45,7 @@ def decode(first_tokens, stride):
 
 
 def make_mixture(
-    adapter, sizes=(60, 37, 23), max_length=4, strides=(2, 3, 4), weights=WEIGHTS, return_weights=False, **kwargs
+    adapter, sizes=(60, 37, 23), max_length=4, strides=(2, 3, 4), return_weights=False, **kwargs
 ):
     datasets = {
         name: adapter.create_dataset(
@@ -54,7 +56,7 @@ def make_mixture(
         )
         for s, (name, n) in enumerate(zip(NAMES, sizes))
     }
-    return Mixture(datasets, weights=list(weights), **kwargs)
+    return Mixture(datasets, weights=list(kwargs.pop("weights", WEIGHTS)), **kwargs)
 
 
 def exact_totals(stages, batch_size, step):
@@ -200,7 +202,8 @@ def test_torch_and_jax_give_equal_batches_and_resume_each_others_states():
         assert np.asarray(r[-1]).all()  # every mixture batch is full
     torch_state, jax_state = torch_loader.state_dict(), jax_loader.state_dict()
     assert torch_state == jax_state and torch_state["step"] == 20
-    uninterrupted = list(itertools.islice(wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=9), 26))
+    uninterrupted = wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=9)
+    uninterrupted = list(itertools.islice(uninterrupted, 26))
     torch_resumed = wl_torch.create_dataloader(torch_mixture, batch_size=8, seed=0)
     jax_resumed = wl_jax.create_dataloader(jax_mixture, batch_size=8, seed=0, prefetch=0)
     torch_resumed.load_state_dict(jax_state)
@@ -211,7 +214,8 @@ def test_torch_and_jax_give_equal_batches_and_resume_each_others_states():
 
 
 def test_state_is_small_plain_and_names_each_source():
-    mixture = make_mixture(wl_torch, sizes=(60, 37, 23), schedule=[(100, (0.3, 0.3, 0.4)), (500, (0.1, 0.1, 0.8))])
+    schedule = [(100, (0.3, 0.3, 0.4)), (500, (0.1, 0.1, 0.8))]
+    mixture = make_mixture(wl_torch, sizes=(60, 37, 23), schedule=schedule)
     loader = wl_torch.create_dataloader(mixture, batch_size=16, seed=2)
     next(iter(loader))
     state = loader.state_dict()
@@ -312,3 +316,61 @@ def test_any_step_is_computed_directly():
     assert np.all(np.abs(counts - np.array([0.25, 0.25, 0.5]) * 16) <= 1)
     served = order.allocation.served([10**9])[0]
     assert all(abs(s - e) < 1 for s, e in zip(served, exact_totals(stages, 16, 10**9)))
+
+
+def run_command(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "windowloader", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_mix_command_plans_each_source(tmp_path):
+    (tmp_path / "web").mkdir()
+    for i in range(2):
+        (tmp_path / "web" / f"{i}.txt").write_text("the cat sat on the mat. " * 400)
+    (tmp_path / "code.py").write_text("def f(x):\n    return x + 1\n" * 300)
+    flags = ["--weights", "0.7,0.3", "--tokenizer", "bytes", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    flags += ["--max-length", "64", "--stride", "32"]
+    result = run_command("mix", "web=web/", "code=code.py", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
+    share_per_step = {"web": 0.7 * 4, "code": 0.3 * 4}
+    for name in ("web", "code"):
+        tokens, windows = (int(rows[name][i].replace(",", "")) for i in (1, 2))
+        assert windows == len(range(0, tokens - 64, 32))
+        assert rows[name][3] == f"{100 * share_per_step[name] / 4:.1f}%"
+        epochs = float(rows[name][4].replace(",", ""))
+        assert abs(epochs - 10_000 * share_per_step[name] / windows) <= 1 / windows + 0.005
+        first_epoch = int(rows[name][5].replace(",", ""))
+        assert abs(first_epoch - windows / share_per_step[name]) <= 1  # running totals within ±1
+    assert "len(loader)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["web"], "NAME=INPUT"),
+        (["web=a.txt", "web=a.txt"], "twice"),
+        (["web=a.txt", "code=a.txt", "--weights", "1"], "1 weights for 2 sources"),
+        (["web=a.txt", "--schedule", "x:1"], "STEP:W"),
+        (["web=missing/"], "does not exist"),
+    ],
+)
+def test_the_mix_command_refuses_bad_input_in_one_line(tmp_path, args, message):
+    (tmp_path / "a.txt").write_text("some text " * 100)
+    flags = ["--tokenizer", "bytes", "--cache-dir", str(tmp_path / "cache")]
+    result = run_command("mix", *args, *flags, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_set_epoch_keeps_a_mixtures_place_and_evaluation_loaders_are_refused():
+    mixture = make_mixture(wl_torch)
+    loader = wl_torch.create_dataloader(mixture, batch_size=8, seed=1)
+    uninterrupted = global_batches(wl_torch.create_dataloader(mixture, batch_size=8, seed=1), 6)
+    first = global_batches(loader, 3)
+    loader.set_epoch(1)  # what Lightning calls each epoch: a mixture counts steps only
+    served = first + global_batches(loader, 3)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(served, uninterrupted, strict=True))
+    with pytest.raises(ValueError, match="create_eval_dataloader"):
+        wl_torch.create_eval_dataloader(mixture, batch_size=8)

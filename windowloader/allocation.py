@@ -96,7 +96,7 @@ def _pfair_table(fraction: list[Fraction], lag0: list[Fraction]) -> tuple[np.nda
         rows.append(rows[-1] + row)
         lag = [v + r - scale * int(c) for v, r, c in zip(lag, rates, row, strict=True)]
         if any(not -scale < v < scale for v in lag):
-            raise RuntimeError(f"mixture allocation left its bounds (lags {lag} / {scale}): please report this")
+            raise RuntimeError(f"mixture allocation left its bounds (lags {lag} / {scale}): report this")
         if tuple(lag) in seen:
             return np.stack(rows), len(rows) - 1 - seen[tuple(lag)]
         if len(rows) > _MAX_TABLE:

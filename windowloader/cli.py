@@ -3,6 +3,7 @@
     windowloader [INPUT ...] --max-length 256 --stride 128 --batch-size 4
     windowloader prepare INPUT ... [--cache-dir DIR] [--shards N [--shard I/N]]
     windowloader verify CACHE.bin
+    windowloader mix NAME=INPUT ... --weights W,... [--schedule STEP:W,...]
 
 INPUT is a text file, a directory (read recursively), a glob, a .jsonl or .parquet file (also
 .jsonl.gz/.zst, .txt.gz/.zst) or an fsspec URL (s3://bucket/prefix/*.parquet); with none, the
@@ -248,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    if argv and argv[0] == "mix":
+        from windowloader.cli_mix import mix  # it imports this module
+
+        return mix(argv[1:])
     if argv and argv[0] == "verify":
         return _verify(build_verify_parser().parse_args(argv[1:]).cache)
     prepare = bool(argv) and argv[0] == "prepare"

@@ -164,7 +164,8 @@ def _normalized(weights, names: tuple[str, ...]) -> tuple[float, ...]:
             f"weights must hold one number per source ({len(names)}: {', '.join(names)}), got {weights!r}"
         )
     for weight in weights:
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+        number = isinstance(weight, numbers.Real) and not isinstance(weight, bool)
+        if not number or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"weights must be finite numbers >= 0, got {weights!r}")
     total = math.fsum(weights)
     if total <= 0:
@@ -269,7 +270,8 @@ class MixtureOrder:
             raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
         if self.batch_size % self.world_size:
             raise ValueError(
-                f"batch_size (global) must be a multiple of world_size={self.world_size}, got {self.batch_size}"
+                f"batch_size (global) must be a multiple of world_size={self.world_size}, "
+                f"got {self.batch_size}"
             )
         self.shuffle = _checks.boolean("shuffle", shuffle)
         self.drop_last = _checks.boolean("drop_last", drop_last)  # no effect: every batch is full
