@@ -329,8 +329,8 @@ def test_the_mix_command_plans_each_source(tmp_path):
     for i in range(2):
         (tmp_path / "web" / f"{i}.txt").write_text("the cat sat on the mat. " * 400)
     (tmp_path / "code.py").write_text("def f(x):\n    return x + 1\n" * 300)
-    flags = ["--weights", "0.7,0.3", "--tokenizer", "bytes", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
-    flags += ["--max-length", "64", "--stride", "32"]
+    flags = ["--weights", "0.7,0.3", "--tokenizer", "bytes", "--cache-dir", str(tmp_path / "cache")]
+    flags += ["--quiet", "--max-length", "64", "--stride", "32"]
     result = run_command("mix", "web=web/", "code=code.py", *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
@@ -374,3 +374,39 @@ def test_set_epoch_keeps_a_mixtures_place_and_evaluation_loaders_are_refused():
     assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(served, uninterrupted, strict=True))
     with pytest.raises(ValueError, match="create_eval_dataloader"):
         wl_torch.create_eval_dataloader(mixture, batch_size=8)
+
+
+def _ddp_rank(rank, port, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        mixture = make_mixture(wl_torch, sizes=(50, 40, 30), schedule=[(6, (0.2, 0.2, 0.6))])
+        # rank and world size from torch.distributed
+        loader = wl_torch.create_dataloader(mixture, batch_size=4, seed=8, return_source=True)
+        rows = [(batch[0][:, 0].tolist(), batch[2].tolist()) for batch in itertools.islice(loader, 12)]
+        with open(f"{out_dir}/rank{rank}.json", "w") as file:
+            json.dump({"rows": rows, "state": loader.state_dict()}, file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_split_each_mixture_batch_and_resume_on_one(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    mixture = make_mixture(wl_torch, sizes=(50, 40, 30), schedule=[(6, (0.2, 0.2, 0.6))])
+    single = wl_torch.create_dataloader(mixture, batch_size=8, seed=8, return_source=True)
+    expected = [(b[0][:, 0].tolist(), b[2].tolist()) for b in itertools.islice(single, 20)]
+    joined = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(ranks[0]["rows"], ranks[1]["rows"])]
+    assert joined == expected[:12]
+    assert ranks[0]["state"] == ranks[1]["state"] == single.state_dict() | {"step": 12}
+    resumed = wl_torch.create_dataloader(mixture, batch_size=8, seed=0, return_source=True)
+    resumed.load_state_dict(ranks[0]["state"])
+    assert [(b[0][:, 0].tolist(), b[2].tolist()) for b in itertools.islice(resumed, 8)] == expected[12:]
