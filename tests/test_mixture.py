@@ -410,3 +410,38 @@ def test_two_gloo_ranks_split_each_mixture_batch_and_resume_on_one(tmp_path):
     resumed = wl_torch.create_dataloader(mixture, batch_size=8, seed=0, return_source=True)
     resumed.load_state_dict(ranks[0]["state"])
     assert [(b[0][:, 0].tolist(), b[2].tolist()) for b in itertools.islice(resumed, 8)] == expected[12:]
+
+
+def test_segments_carry_over_per_source_in_both_frameworks():
+    """Each row's segment ids and positions are its source's, from that source's document starts."""
+    from windowloader.adapters import jax as wl_jax
+
+    starts = [[0, 7, 30], [0, 11], [0, 5, 9, 40]]
+
+    def build(adapter):
+        datasets = {
+            name: adapter.create_dataset(
+                tokens=source_tokens(s, 20, 6, 3),
+                max_length=6,
+                stride=3,
+                doc_starts=starts[s],
+                return_segments=True,
+            )
+            for s, name in enumerate(NAMES)
+        }
+        return Mixture(datasets, weights=list(WEIGHTS))
+
+    torch_loader = wl_torch.create_dataloader(build(wl_torch), batch_size=8, seed=2, return_source=True)
+    jax_loader = wl_jax.create_dataloader(build(wl_jax), batch_size=8, seed=2, return_source=True)
+    for t, j in itertools.islice(zip(torch_loader, jax_loader), 6):
+        assert len(t) == len(j) == 5  # inputs, targets, segment_ids, positions, source
+        for a, b in zip(t, j):
+            assert np.array_equal(a.numpy(), np.asarray(b))
+        inputs, _, segment_ids, positions, source = (part.numpy() for part in t)
+        for row, s in enumerate(source):
+            first = inputs[row, 0] - BASES[s]  # the row's first token's offset in its source
+            in_doc = [sum(start <= first + j for start in starts[s]) for j in range(6)]
+            base = in_doc[0]
+            assert segment_ids[row].tolist() == [d - base + 1 for d in in_doc]
+            begins = [max([0] + [j for j in range(6) if first + j in starts[s] and j <= k]) for k in range(6)]
+            assert positions[row].tolist() == [k - begins[k] for k in range(6)]

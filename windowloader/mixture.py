@@ -200,8 +200,11 @@ class MixtureWindows:
     def gather_rows(self, ids, dtype=None) -> np.ndarray:
         """The windows `ids` whole: a new `(len(ids), max_length + 1)` array of `dtype`
         (default: the sources' common token dtype)."""
-        row = ((self.max_length + 1,), self.dtype if dtype is None else dtype)
-        return self._by_source("gather_rows", ids, row)[0]
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.max_length + 1), dtype=self.dtype if dtype is None else dtype)
+        for source, rows, local in self._groups(ids):
+            out[rows] = source.gather_rows(local)
+        return out
 
     def gather(self, ids, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
         rows = self.gather_rows(ids, dtype)
@@ -209,29 +212,32 @@ class MixtureWindows:
 
     def weights(self, ids) -> np.ndarray:
         """Each source's predict-once weights (`TokenWindows.weights`)."""
-        return self._by_source("weights", ids, ((self.max_length,), np.float32))[0]
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.empty((len(ids), self.max_length), dtype=np.float32)
+        for source, rows, local in self._groups(ids):
+            out[rows] = source.weights(local)
+        return out
 
     def segments(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """Each source's `(segment_ids, positions)` (`TokenWindows.segments`)."""
-        shape = ((self.max_length,), np.int32)
-        return self._by_source("segments", ids, shape, shape)
-
-    def _by_source(self, method: str, ids, *parts: tuple[tuple[int, ...], type]) -> tuple[np.ndarray, ...]:
-        """`TokenWindows.<method>` of each source on its rows, put back in the rows' order."""
         ids = np.asarray(ids, dtype=np.int64)
-        outs = tuple(np.empty((len(ids), *shape), dtype=dtype) for shape, dtype in parts)
-        sources = self.source_of(ids)
+        segment_ids, positions = (np.empty((len(ids), self.max_length), dtype=np.int32) for _ in range(2))
+        for source, rows, local in self._groups(ids):
+            segment_ids[rows], positions[rows] = source.segments(local)
+        return segment_ids, positions
+
+    def _groups(self, ids: np.ndarray) -> Iterator[tuple[TokenWindows, np.ndarray, np.ndarray]]:
+        """(source, its rows among `ids`, their window indices in it) for each source present."""
+        sources = np.searchsorted(self.offsets[1:-1], ids, side="right")
+        local = ids - self.offsets[sources]
         # Rows grouped by source with one sort: a few numpy calls per source, not a mask each.
         by_source = np.argsort(sources, kind="stable")
-        ends = np.cumsum(np.bincount(sources, minlength=len(self.sources))).tolist()
-        for source, (start, end) in enumerate(zip([0, *ends], ends)):
-            if start == end:
-                continue
-            rows = by_source[start:end]
-            got = getattr(self.sources[source], method)(ids[rows] - self.offsets[source])
-            for out, part in zip(outs, got if isinstance(got, tuple) else (got,), strict=True):
-                out[rows] = part
-        return outs
+        end = 0
+        for source, count in enumerate(np.bincount(sources, minlength=len(self.sources)).tolist()):
+            if count:
+                rows = by_source[end : end + count]
+                end += count
+                yield self.sources[source], rows, local[rows]
 
 
 def source_seed(seed: int, name: str) -> int:
