@@ -18,11 +18,12 @@ from windowloader.cli import (
     _inputs,
     _Parser,
     _positive_int,
+    _refuse_binary_files,
     _tokenize,
-    _tokenizer,
 )
 from windowloader.corpus import check_paths
 from windowloader.mixture import MixtureOrder, check_stages
+from windowloader.tokenizer import load_tokenizer
 
 STEPS = 10_000  # the span over which each source's epochs are counted
 
@@ -55,10 +56,12 @@ def mix(argv: list[str]) -> int:
     weights = _weights("--weights", args.weights, len(sources)) if args.weights else None
     schedule = [_stage(text, len(sources)) for text in args.schedule]
     args.input = list(sources.values())
-    check_paths([source for source in _inputs(args) if isinstance(source, Path)])  # before the tokenizer
+    paths = [source for source in _inputs(args) if isinstance(source, Path)]
+    check_paths(paths)  # before the tokenizer
+    _refuse_binary_files(paths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tokenizer = _tokenizer(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships: no download
         corpora = {}
         for name, text in sources.items():
             args.input = [text]
