@@ -179,8 +179,11 @@ class MixtureDataset(GPTDatasetV1):
     def __init__(self, sources: list[GPTDatasetV1], names: tuple[str, ...], return_source: bool) -> None:
         self.sources, self.names = list(sources), tuple(names)
         self.return_source = _checks.boolean("return_source", return_source)
-        windows = MixtureWindows([source.windows for source in self.sources], self.names)
-        self._set(windows, self.sources[0].return_weights, self.sources[0].return_segments)
+        # Not _set: each source's tokens were checked when it was made.
+        self.windows = MixtureWindows([source.windows for source in self.sources], self.names)
+        first = self.sources[0]
+        self.return_weights, self.return_segments = first.return_weights, first.return_segments
+        self._shared_bytes = None
 
     def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
         rows, extras, mask = super()._rows(indices, dtype, pad_to)  # a mixture's batches are full
