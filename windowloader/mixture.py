@@ -200,11 +200,9 @@ class MixtureWindows:
     def gather_rows(self, ids, dtype=None) -> np.ndarray:
         """The windows `ids` whole: a new `(len(ids), max_length + 1)` array of `dtype`
         (default: the sources' common token dtype)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.max_length + 1), dtype=self.dtype if dtype is None else dtype)
-        for source, rows, local in self._groups(ids):
-            out[rows] = source.gather_rows(local)
-        return out
+        rows = self._by_source(ids, TokenWindows.gather_rows)
+        dtype = self.dtype if dtype is None else dtype
+        return rows if rows.dtype == dtype else rows.astype(dtype)
 
     def gather(self, ids, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
         rows = self.gather_rows(ids, dtype)
@@ -212,32 +210,29 @@ class MixtureWindows:
 
     def weights(self, ids) -> np.ndarray:
         """Each source's predict-once weights (`TokenWindows.weights`)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        out = np.empty((len(ids), self.max_length), dtype=np.float32)
-        for source, rows, local in self._groups(ids):
-            out[rows] = source.weights(local)
-        return out
+        return self._by_source(ids, TokenWindows.weights)
 
     def segments(self, ids) -> tuple[np.ndarray, np.ndarray]:
         """Each source's `(segment_ids, positions)` (`TokenWindows.segments`)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        segment_ids, positions = (np.empty((len(ids), self.max_length), dtype=np.int32) for _ in range(2))
-        for source, rows, local in self._groups(ids):
-            segment_ids[rows], positions[rows] = source.segments(local)
-        return segment_ids, positions
+        both = self._by_source(ids, lambda source, local: np.stack(source.segments(local), axis=1))
+        return np.ascontiguousarray(both[:, 0]), np.ascontiguousarray(both[:, 1])
 
-    def _groups(self, ids: np.ndarray) -> Iterator[tuple[TokenWindows, np.ndarray, np.ndarray]]:
-        """(source, its rows among `ids`, their window indices in it) for each source present."""
+    def _by_source(self, ids, method) -> np.ndarray:
+        """`method(source, window indices)` of each source on its rows, put back in the order of
+        `ids`. The rows are grouped by source with one sort and joined with one copy: measured
+        several times faster here than writing each source's rows in place (a cast per scatter)."""
+        ids = np.asarray(ids, dtype=np.int64)
         sources = np.searchsorted(self.offsets[1:-1], ids, side="right")
-        local = ids - self.offsets[sources]
-        # Rows grouped by source with one sort: a few numpy calls per source, not a mask each.
         by_source = np.argsort(sources, kind="stable")
-        end = 0
-        for source, count in enumerate(np.bincount(sources, minlength=len(self.sources)).tolist()):
-            if count:
-                rows = by_source[end : end + count]
-                end += count
-                yield self.sources[source], rows, local[rows]
+        local = (ids - self.offsets[sources])[by_source]
+        ends = np.cumsum(np.bincount(sources, minlength=len(self.sources))).tolist()
+        parts = [
+            method(source, local[start:end])
+            for source, start, end in zip(self.sources, [0, *ends], ends)
+            if end > start
+        ]
+        joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return joined[np.argsort(by_source)]
 
 
 def source_seed(seed: int, name: str) -> int:
