@@ -24,7 +24,7 @@ import hashlib
 import math
 import numbers
 from collections.abc import Iterator
-from itertools import count, repeat
+from itertools import accumulate, count, repeat
 
 import numpy as np
 
@@ -181,6 +181,7 @@ class MixtureWindows:
         self.sources, self.names = list(sources), tuple(names)
         self.max_length = sources[0].max_length
         self.offsets = np.cumsum([0, *(len(s) for s in sources)], dtype=np.int64)
+        self._first_ids = self.offsets[1:-1]  # of sources 1, 2, ...
         self.dtype = np.result_type(*(s.tokens.dtype for s in sources))
 
     def __len__(self) -> int:
@@ -195,7 +196,7 @@ class MixtureWindows:
 
     def source_of(self, ids: np.ndarray) -> np.ndarray:
         """The source index of each id, int32."""
-        return np.searchsorted(self.offsets[1:-1], ids, side="right").astype(np.int32)
+        return self._first_ids.searchsorted(ids, side="right").astype(np.int32)
 
     def gather_rows(self, ids, dtype=None) -> np.ndarray:
         """The windows `ids` whole: a new `(len(ids), max_length + 1)` array of `dtype`
@@ -221,18 +222,19 @@ class MixtureWindows:
         """`method(source, window indices)` of each source on its rows, put back in the order of
         `ids`. The rows are grouped by source with one sort and joined with one copy: measured
         several times faster here than writing each source's rows in place (a cast per scatter)."""
+        # Array methods rather than np.* functions: their dispatch costs ~1 µs a call here.
         ids = np.asarray(ids, dtype=np.int64)
-        sources = np.searchsorted(self.offsets[1:-1], ids, side="right")
-        by_source = np.argsort(sources, kind="stable")
+        sources = self._first_ids.searchsorted(ids, side="right")
+        by_source = sources.argsort(kind="stable")
         local = (ids - self.offsets[sources])[by_source]
-        ends = np.cumsum(np.bincount(sources, minlength=len(self.sources))).tolist()
+        ends = list(accumulate(np.bincount(sources, minlength=len(self.sources)).tolist()))
         parts = [
             method(source, local[start:end])
             for source, start, end in zip(self.sources, [0, *ends], ends)
             if end > start
         ]
         joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return joined[np.argsort(by_source)]
+        return joined[by_source.argsort()]
 
 
 def source_seed(seed: int, name: str) -> int:
