@@ -279,7 +279,7 @@ def one_error_line(err: str) -> str:
         ),
         (
             lambda tmp: [_write(tmp / "a.txt", "text"), "--cache-dir", _write(tmp / "f", "") / "sub"],
-            r"cache_dir .* cannot be created",
+            r"error: --cache-dir .* cannot be created",
         ),
         (
             lambda tmp: [_write(tmp / "a.txt", "text " * 20), "--max-length", "8", "--batch-size", "999"],

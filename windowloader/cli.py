@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from windowloader import binary
-from windowloader.cache import TokenizedCorpus, tokenize_corpus
+from windowloader.cache import TokenizedCorpus, resolve_cache_dir, tokenize_corpus
 from windowloader.corpus import check_paths, resolve
 from windowloader.formats import is_url
 from windowloader.integrity import CorruptCacheError
@@ -313,10 +313,14 @@ def _refuse_binary_files(paths: list[Path]) -> None:
 
 def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus | None:
     sources = _inputs(args) or default_corpus()
+    try:
+        cache_dir = resolve_cache_dir(args.cache_dir)
+    except ValueError as error:  # worded for Python's cache_dir=; the command's flag is --cache-dir
+        raise _Failure(f"--cache-dir{str(error).removeprefix('cache_dir')}") from None
     return tokenize_corpus(
         sources,
         tokenizer,
-        cache_dir=args.cache_dir,
+        cache_dir=cache_dir,
         text_field=args.text_field,
         progress=False if args.quiet else None,
         lock_timeout=args.lock_timeout,
