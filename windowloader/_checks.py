@@ -20,6 +20,18 @@ def positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def global_batch(batch_size: object, rank: object, world_size: object) -> tuple[int, int, int]:
+    """(batch_size, rank, world_size) checked: a global batch that splits evenly over the ranks."""
+    batch_size = positive_int("batch_size", batch_size)
+    world_size = positive_int("world_size", world_size)
+    rank = non_negative_int("rank", rank)
+    if rank >= world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size (global) must be a multiple of world_size={world_size}, got {batch_size}")
+    return batch_size, rank, world_size
+
+
 def non_negative_int(name: str, value: object) -> int:
     """Returns `value` as an int if it is an integer >= 0, else raises."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -266,16 +266,7 @@ class MixtureOrder:
     ) -> None:
         self.sizes = [_checks.positive_int("source windows", n) for n in sizes]
         self.names = tuple(names)
-        self.batch_size = _checks.positive_int("batch_size", batch_size)
-        self.world_size = _checks.positive_int("world_size", world_size)
-        self.rank = _checks.non_negative_int("rank", rank)
-        if self.rank >= self.world_size:
-            raise ValueError(f"rank must be in [0, world_size={self.world_size}), got {self.rank}")
-        if self.batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size (global) must be a multiple of world_size={self.world_size}, "
-                f"got {self.batch_size}"
-            )
+        self.batch_size, self.rank, self.world_size = _checks.global_batch(batch_size, rank, world_size)
         self.shuffle = _checks.boolean("shuffle", shuffle)
         self.drop_last = _checks.boolean("drop_last", drop_last)  # no effect: every batch is full
         self.offsets = np.cumsum([0, *self.sizes], dtype=np.int64)
