@@ -50,7 +50,7 @@ def loaders(adapter, max_length: int, stride: int, batch_size: int, **kwargs):
 
 
 def batches_per_second(loader, batches: int) -> float:
-    iterator = iter(loader)
+    iterator = endless(loader)
     next(iterator)  # the first batch (and a prefetch thread's start) is not steady state
     start = time.perf_counter()
     last = None
@@ -59,6 +59,13 @@ def batches_per_second(loader, batches: int) -> float:
     if hasattr(last[0], "block_until_ready"):
         last[0].block_until_ready()
     return batches / (time.perf_counter() - start)
+
+
+def endless(loader):
+    """The loader's batches epoch after epoch: a single dataset's epoch may be shorter than a
+    round, a mixture's iteration never ends."""
+    while True:
+        yield from loader
 
 
 def compare(name: str, single, mixture, batches: int) -> None:

@@ -17,12 +17,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import itertools
 import json
+import pickle
 import subprocess
 import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from reference import reference_windows
 
 from windowloader import Mixture
 from windowloader.adapters import torch as wl_torch
@@ -445,3 +447,105 @@ def test_segments_carry_over_per_source_in_both_frameworks():
             assert segment_ids[row].tolist() == [d - base + 1 for d in in_doc]
             begins = [max([0] + [j for j in range(6) if first + j in starts[s] and j <= k]) for k in range(6)]
             assert positions[row].tolist() == [k - begins[k] for k in range(6)]
+
+
+def _random_sources(rng, dtypes, lengths):
+    return [rng.integers(0, np.iinfo(np.uint16).max, n).astype(dtype) for dtype, n in zip(dtypes, lengths)]
+
+
+def _expected_rows(tokens, strides, max_length, ids):
+    """Rows of mixture ids from the definition: id = (windows of the sources before) + window."""
+    counts = [len(reference_windows(t, max_length, s)) for t, s in zip(tokens, strides)]
+    rows = []
+    for i in ids:
+        s = 0
+        while i >= counts[s]:
+            i, s = i - counts[s], s + 1
+        start = i * strides[s]
+        rows.append([int(v) for v in tokens[s][start : start + max_length + 1]])
+    return rows, sum(counts)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["arrays", "memmaps", "views of one array", "mixed dtypes", "a strided source"],
+)
+def test_every_token_of_every_row_is_its_sources_window(tmp_path, layout):
+    """Rows gathered one batch at a time and several at a time (`read`, the loaders' hot path),
+    for sources in separate arrays, in files, overlapping in one array, or that must be read
+    source by source (mixed dtypes, a non-contiguous source), against the windows' definition."""
+    from windowloader.mixture import MixtureWindows, read_batches
+    from windowloader.windows import TokenWindows
+
+    rng = np.random.default_rng(4)
+    max_length, strides = 5, [2, 3, 1]
+    tokens = _random_sources(rng, ["uint16"] * 3, (300, 211, 97))
+    if layout == "memmaps":
+        for s, part in enumerate(tokens):
+            part.tofile(tmp_path / f"{s}.bin")
+        tokens = [np.memmap(tmp_path / f"{s}.bin", dtype=np.uint16, mode="r") for s in range(3)]
+    elif layout == "views of one array":
+        whole = _random_sources(rng, ["uint16"], [400])[0]
+        tokens = [whole[100:400], whole[0:211], whole[150:247]]
+    elif layout == "mixed dtypes":
+        tokens[1] = tokens[1].astype(np.uint32)
+    elif layout == "a strided source":
+        tokens[2] = _random_sources(rng, ["uint16"], [194])[0][::2]
+    windows = MixtureWindows(
+        [TokenWindows(t, max_length=max_length, stride=s) for t, s in zip(tokens, strides)], NAMES
+    )
+    ids = rng.integers(0, len(windows), 2_000)
+    expected, total = _expected_rows(tokens, strides, max_length, ids)
+    assert len(windows) == total
+    assert windows.gather_rows(ids, np.int64).tolist() == expected
+    batches = np.split(ids, [7, 8, 8, 300, 1000, 1003])  # ragged, one empty, one longer than a read
+    read = list(read_batches(windows, iter(batches), np.int32))
+    assert [b.tolist() for b, _ in read] == [b.tolist() for b in batches]
+    assert np.concatenate([rows for _, rows in read]).tolist() == expected
+    assert all(rows.dtype == np.int32 for _, rows in read)
+    moved = pickle.loads(pickle.dumps(windows))  # a worker's copy reads the same rows
+    assert moved.gather_rows(ids[:50]).tolist() == expected[:50]
+
+
+def test_loaders_serve_whole_windows_from_files_in_both_frameworks(tmp_path):
+    """Each row of a mixture of memmapped sources, as every loader hands it out, is the whole
+    window its first token names (inputs, then targets shifted by one)."""
+    from windowloader.adapters import jax as wl_jax
+
+    max_length, strides, sizes = 6, (2, 3, 4), (80, 50, 30)
+    for s, n in enumerate(sizes):
+        source_tokens(s, n, max_length, strides[s]).astype(np.uint32).tofile(tmp_path / f"{s}.bin")
+
+    def build(adapter):
+        return Mixture(
+            {
+                name: adapter.create_dataset(
+                    tokens=np.memmap(tmp_path / f"{s}.bin", dtype=np.uint32, mode="r"),
+                    max_length=max_length,
+                    stride=strides[s],
+                )
+                for s, name in enumerate(NAMES)
+            },
+            weights=list(WEIGHTS),
+        )
+
+    loaders = {
+        "torch": wl_torch.create_dataloader(build(wl_torch), batch_size=8, seed=3),
+        "torch workers": wl_torch.create_dataloader(
+            build(wl_torch), batch_size=8, seed=3, num_workers=2, multiprocessing_context="spawn"
+        ),
+        "jax": wl_jax.create_dataloader(build(wl_jax), batch_size=8, seed=3),
+        "jax rows": wl_jax.create_dataloader(build(wl_jax), batch_size=8, seed=3, transfer="rows"),
+    }
+    served = {}
+    for name, loader in loaders.items():
+        batches = [tuple(np.asarray(part) for part in b) for b in itertools.islice(loader, 40)]
+        served[name] = batches
+        for inputs, targets in batches:
+            sources, windows = decode(inputs[:, 0], strides)
+            for row, (s, w) in enumerate(zip(sources, windows)):
+                assert 0 <= w < sizes[s] and inputs[row, 0] == BASES[s] + w * strides[s]
+                window = list(range(inputs[row, 0], inputs[row, 0] + max_length + 1))
+                assert inputs[row].tolist() == window[:-1] and targets[row].tolist() == window[1:], name
+    for name, batches in served.items():
+        assert all(np.array_equal(a, b) for x, y in zip(batches, served["torch"]) for a, b in zip(x, y)), name

@@ -69,8 +69,8 @@ def test_device_batches_equal_the_host_loaders_batches():
 def test_the_next_batch_is_on_its_way_while_the_current_one_trains():
     data = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
     fetched = []
-    real = data._worker_batch
-    data._worker_batch = lambda *args: fetched.append(1) or real(*args)
+    real = data._finish
+    data._finish = lambda *args: fetched.append(1) or real(*args)
     loader = create_dataloader(data, batch_size=8, seed=0, device="cpu")
     iterator = iter(loader)
     next(iterator)

@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from collections.abc import Iterator
-from itertools import accumulate, count, repeat
+from collections.abc import Iterable, Iterator
+from itertools import accumulate, count, islice, repeat
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from windowloader import _checks
 from windowloader.allocation import Allocation, batch_shares
@@ -36,7 +37,9 @@ from windowloader.windows import TokenWindows
 FORMAT = "windowloader-mixture/1"
 # Batches computed in one vectorized pass (their windows, every source's): a 16-window batch
 # alone would spend more on numpy's per-call overhead than on its ids.
-_BLOCK_WINDOWS = 1 << 12
+_BLOCK_WINDOWS = 1 << 16
+# Rows that `MixtureWindows.read` locates in one pass, in bytes of the tokens' dtype.
+_READ_BYTES = 1 << 20
 
 
 class Mixture:
@@ -175,7 +178,12 @@ def _normalized(weights, names: tuple[str, ...]) -> tuple[float, ...]:
 
 class MixtureWindows:
     """The windows of several sources under one id space: id `offsets[s] + i` is window i of
-    source s. Gathers like `TokenWindows` (the adapters call the same methods)."""
+    source s. Gathers like `TokenWindows` (the adapters call the same methods).
+
+    When the sources' tokens are plain arrays or memmaps of one dtype, a batch of any sources
+    is read with one fancy index, as one source's is (see `_joined_rows`); otherwise (sharded
+    caches, mixed dtypes) source by source, several batches at a time in `read`.
+    """
 
     def __init__(self, sources: list[TokenWindows], names: tuple[str, ...]) -> None:
         self.sources, self.names = list(sources), tuple(names)
@@ -183,6 +191,7 @@ class MixtureWindows:
         self.offsets = np.cumsum([0, *(len(s) for s in sources)], dtype=np.int64)
         self._first_ids = self.offsets[1:-1]  # of sources 1, 2, ...
         self.dtype = np.result_type(*(s.tokens.dtype for s in sources))
+        self._joined = _joined_rows(self.sources, self.offsets)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -194,6 +203,10 @@ class MixtureWindows:
     def __repr__(self) -> str:
         return f"MixtureWindows({', '.join(f'{n}={s!r}' for n, s in zip(self.names, self.sources))})"
 
+    def __reduce__(self):
+        # Never the joined view: it spans the address range of every source (terabytes of gaps).
+        return (MixtureWindows, (self.sources, self.names))
+
     def source_of(self, ids: np.ndarray) -> np.ndarray:
         """The source index of each id, int32."""
         return self._first_ids.searchsorted(ids, side="right").astype(np.int32)
@@ -201,13 +214,42 @@ class MixtureWindows:
     def gather_rows(self, ids, dtype=None) -> np.ndarray:
         """The windows `ids` whole: a new `(len(ids), max_length + 1)` array of `dtype`
         (default: the sources' common token dtype)."""
-        rows = self._by_source(ids, TokenWindows.gather_rows)
-        dtype = self.dtype if dtype is None else dtype
-        return rows if rows.dtype == dtype else rows.astype(dtype)
+        ids = np.asarray(ids, dtype=np.int64)
+        if self._joined is None:
+            rows = self._by_source(ids, TokenWindows.gather_rows)
+        else:
+            rows = self._joined.rows(ids)
+        return _as_dtype(rows, self.dtype if dtype is None else dtype)
 
     def gather(self, ids, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
         rows = self.gather_rows(ids, dtype)
         return rows[:, :-1], rows[:, 1:]
+
+    def read(self, batches: Iterable[np.ndarray], dtype=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`(ids, gather_rows(ids, dtype))` for each batch of ids from `batches`, in turn.
+
+        A loader's hot path: the work whose cost does not depend on a batch's size (a dozen
+        numpy calls, more than copying a small batch) is done for ~1 MB of rows at a time, so
+        each batch then costs one gather and its cast, as one source's does.
+        """
+        dtype = self.dtype if dtype is None else dtype
+        batches = iter(batches)
+        for first in batches:
+            chunk = [first, *islice(batches, self._batches_per_read(len(first)) - 1)]
+            ids = np.concatenate(chunk).astype(np.int64, copy=False)
+            bounds = [0, *accumulate(map(len, chunk))]
+            if self._joined is None:
+                rows = self._by_source(ids, TokenWindows.gather_rows)
+                for batch, start, stop in zip(chunk, bounds, bounds[1:]):
+                    yield batch, _as_dtype(rows[start:stop], dtype)
+            else:
+                view, starts = self._joined.view, self._joined.starts(ids)
+                for batch, start, stop in zip(chunk, bounds, bounds[1:]):
+                    yield batch, _as_dtype(view[starts[start:stop]], dtype)
+
+    def _batches_per_read(self, batch_size: int) -> int:
+        row_bytes = (self.max_length + 1) * self.dtype.itemsize
+        return max(1, _READ_BYTES // max(1, batch_size * row_bytes))
 
     def weights(self, ids) -> np.ndarray:
         """Each source's predict-once weights (`TokenWindows.weights`)."""
@@ -235,6 +277,59 @@ class MixtureWindows:
         ]
         joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return joined[by_source.argsort()]
+
+
+def _as_dtype(rows: np.ndarray, dtype) -> np.ndarray:
+    return rows if rows.dtype == dtype else rows.astype(dtype)
+
+
+class _JoinedRows:
+    """Every window of every source as a row of one strided view: window i of source s, id
+    `offsets[s] + i`, is row `shifts[s] + i * strides[s]` of `view`."""
+
+    def __init__(self, view: np.ndarray, strides: np.ndarray, shifts: np.ndarray, first_ids: np.ndarray) -> None:
+        self.view, self.strides, self.shifts, self.first_ids = view, strides, shifts, first_ids
+
+    def starts(self, ids: np.ndarray) -> np.ndarray:
+        sources = self.first_ids.searchsorted(ids, side="right")
+        return ids * self.strides.take(sources) + self.shifts.take(sources)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return self.view[self.starts(ids)]
+
+
+def _joined_rows(sources: list[TokenWindows], offsets: np.ndarray) -> _JoinedRows | None:
+    """The sources' windows as rows of one view, when their tokens are contiguous arrays or
+    memmaps of one dtype (else None: sharded caches and mixed dtypes are read source by source).
+
+    Row r of the view is the `max_length + 1` tokens at address `low + r * itemsize`, `low`
+    being the lowest source's first token: the view spans the address range of all the
+    sources, gaps between them included, and a batch of any sources is then one fancy index,
+    as fast as one source's. The gaps are never read: every row served starts at a window of a
+    source and ends inside it, which is checked here at each source's first and last window.
+    """
+    tokens = [source.tokens for source in sources]
+    dtype = tokens[0].dtype
+    if any(not isinstance(t, np.ndarray) or t.dtype != dtype or t.strides != (dtype.itemsize,) for t in tokens):
+        return None
+    addresses = [t.__array_interface__["data"][0] for t in tokens]
+    low = min(range(len(tokens)), key=addresses.__getitem__)
+    if any((address - addresses[low]) % dtype.itemsize for address in addresses):
+        return None
+    first_rows = [(address - addresses[low]) // dtype.itemsize for address in addresses]
+    width = sources[0].max_length + 1
+    span = max(first + len(t) for first, t in zip(first_rows, tokens))
+    try:
+        view = as_strided(tokens[low], (span - width + 1, width), (dtype.itemsize,) * 2, writeable=False)
+    except ValueError:  # a span over numpy's largest array (2**63 bytes)
+        return None
+    strides = np.array([source.stride for source in sources], dtype=np.int64)
+    joined = _JoinedRows(view, strides, np.array(first_rows, dtype=np.int64) - offsets[:-1] * strides, offsets[1:-1])
+    for source, offset in zip(sources, offsets.tolist()):
+        ends = np.array([0, len(source) - 1])
+        if not np.array_equal(joined.rows(ends + offset), source.gather_rows(ends)):
+            raise RuntimeError(f"mixture rows misread {source!r}: please report this")
+    return joined
 
 
 def source_seed(seed: int, name: str) -> int:
@@ -270,6 +365,8 @@ class MixtureOrder:
         self.shuffle = _checks.boolean("shuffle", shuffle)
         self.drop_last = _checks.boolean("drop_last", drop_last)  # no effect: every batch is full
         self.offsets = np.cumsum([0, *self.sizes], dtype=np.int64)
+        per_rank = self.batch_size // self.world_size
+        self._columns = slice(self.rank * per_rank, (self.rank + 1) * per_rank)  # this rank's rows
         self._patterns: dict[tuple[int, ...], np.ndarray] = {}
         self._steps_per_block = max(1, _BLOCK_WINDOWS // self.batch_size)
         self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else seed
@@ -283,7 +380,7 @@ class MixtureOrder:
     def seed(self, seed: int) -> None:
         self._seed = _checks.non_negative_int("seed", seed)
         self._permutations: dict[tuple[int, int], KeyedPermutation] = {}
-        self._block: tuple[int, np.ndarray] | None = None
+        self._cached: tuple[int, np.ndarray] | None = None  # (first step, its block)
 
     @property
     def stages(self) -> tuple[tuple[int, tuple[float, ...]], ...]:
@@ -293,7 +390,7 @@ class MixtureOrder:
     def stages(self, stages) -> None:
         self._stages = check_stages(stages, self.names)
         self.allocation = Allocation([(step, batch_shares(w, self.batch_size)) for step, w in self._stages])
-        self._block = None
+        self._cached = None
         finishes = [step for step in self.first_epoch_ends() if step is not None]
         self._len = min(finishes)
 
@@ -323,28 +420,30 @@ class MixtureOrder:
 
     def batch(self, epoch: int, step: int) -> np.ndarray:
         """The ids this rank serves as batch `step`."""
-        return self._rank_slice(self.global_batch(epoch, step))
+        return self.global_batch(epoch, step)[self._columns]
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[np.ndarray]:
         """This rank's batches from step `start` on, without end."""
         self._check_epoch(epoch)
-        for step in count(_checks.non_negative_int("start", start)):
-            yield self._rank_slice(self._global_batch(step))
+        step = _checks.non_negative_int("start", start)
+        while True:
+            first = step - step % self._steps_per_block
+            yield from self._block(first)[step - first :, self._columns]
+            step = first + self._steps_per_block
 
     def _check_epoch(self, epoch: int) -> None:
         if epoch != 0:
             raise ValueError(f"a mixture has no epochs (epoch must be 0), got epoch={epoch}: count steps")
 
-    def _rank_slice(self, rows: np.ndarray) -> np.ndarray:
-        if self.world_size == 1:
-            return rows
-        return np.array_split(rows, self.world_size)[self.rank]
-
     def _global_batch(self, step: int) -> np.ndarray:
         first = step - step % self._steps_per_block
-        if self._block is None or self._block[0] != first:
-            self._block = (first, self._block_ids(first, first + self._steps_per_block))
-        return self._block[1][step - first]
+        return self._block(first)[step - first]
+
+    def _block(self, first: int) -> np.ndarray:
+        """`(steps per block, batch_size)` ids of the global batches from step `first` on."""
+        if self._cached is None or self._cached[0] != first:
+            self._cached = (first, self._block_ids(first, first + self._steps_per_block))
+        return self._cached[1]
 
     def _block_ids(self, start: int, stop: int) -> np.ndarray:
         """`(stop - start, batch_size)` ids of global batches `start..stop-1`."""
@@ -361,19 +460,20 @@ class MixtureOrder:
             into_stream = served[:-1, source] - served[0, source]
             by_source[np.repeat(row_starts + column - into_stream, taken) + np.arange(len(ids))] = ids
             column += taken
-        patterns = np.stack([self._pattern(tuple(row)) for row in counts.tolist()])
+        kinds, kind = _distinct_rows(counts)
+        patterns = np.stack([self._pattern(tuple(row)) for row in kinds.tolist()])[kind]
         return np.take_along_axis(by_source.reshape(steps, self.batch_size), patterns, axis=1)
 
     def _stream(self, source: int, start: int, stop: int) -> np.ndarray:
         """Ids at positions `start..stop-1` of `source`'s stream (its epochs one after another)."""
-        n = self.sizes[source]
-        positions = np.arange(start, stop, dtype=np.int64)
-        epochs, within = np.divmod(positions, n)
-        ids = np.empty(len(positions), dtype=np.int64)
+        n, offset = self.sizes[source], int(self.offsets[source])
+        ids = np.empty(stop - start, dtype=np.int64)
         for epoch in range(start // n, (stop - 1) // n + 1) if stop > start else ():
-            mask = epochs == epoch
-            ids[mask] = self._permutation(source, epoch)(within[mask])
-        return ids + self.offsets[source]
+            first, last = max(start, epoch * n), min(stop, (epoch + 1) * n)  # of the stream
+            within = np.arange(first - epoch * n, last - epoch * n, dtype=np.int64)
+            ids[first - start : last - start] = self._permutation(source, epoch)(within)
+        ids += offset
+        return ids
 
     def _permutation(self, source: int, epoch: int) -> KeyedPermutation:
         key = (source, epoch)
@@ -393,6 +493,18 @@ class MixtureOrder:
             sources = np.repeat(np.arange(len(counts)), counts)
             self._patterns[counts] = np.lexsort((sources, keys))
         return self._patterns[counts]
+
+
+def _distinct_rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`np.unique(counts, axis=0, return_inverse=True)`, ~10x faster for a few columns (it
+    sorts the rows as one structured key)."""
+    order = np.lexsort(counts.T[::-1])
+    ordered = counts[order]
+    new = np.ones(len(counts), dtype=bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    kind = np.empty(len(counts), dtype=np.int64)
+    kind[order] = new.cumsum() - 1
+    return ordered[new], kind
 
 
 class MixtureCursor:
@@ -479,3 +591,11 @@ def _rescheduled(saved, step: int, schedule, names) -> tuple:
 
 def _listed(stages) -> str:
     return str([[step, [round(w, 6) for w in weights]] for step, weights in stages])
+
+
+def read_batches(windows, batches: Iterable[np.ndarray], dtype=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """`(ids, windows.gather_rows(ids, dtype))` for each batch of window ids, in turn: a
+    mixture's read several batches at a time (`MixtureWindows.read`), other windows' one by one."""
+    if isinstance(windows, MixtureWindows):
+        return windows.read(batches, dtype)
+    return ((ids, windows.gather_rows(ids, dtype)) for ids in batches)

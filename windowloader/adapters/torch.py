@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 
 try:
     import torch
@@ -30,7 +31,7 @@ import numpy as np
 from windowloader import _checks
 from windowloader.adapters._accelerate import check_accelerator
 from windowloader.adapters._torch_device import DeviceTransfer, check_device
-from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder, MixtureWindows
+from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder, MixtureWindows, read_batches
 from windowloader.order import BatchOrder
 from windowloader.segments import cu_seqlens as _cu_seqlens
 from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments, windows_from_text
@@ -102,7 +103,8 @@ class GPTDatasetV1(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         inputs, targets = self.windows[index]
-        _, extras, _ = self._rows([index % len(self)], None, None)
+        index = np.array([index % len(self)])
+        _, extras, _ = self._finish(index, self.windows.gather_rows(index), None)
         item = (torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64)))
         return item + tuple(torch.from_numpy(extra[0]) for extra in extras)
 
@@ -116,22 +118,26 @@ class GPTDatasetV1(Dataset):
         `return_segments`; in a worker, a `_WorkerBatch` instead."""
         if not isinstance(indices, _BatchGroup):
             return [self[int(index)] for index in indices]
-        pad_to = indices.pad_to
         if get_worker_info() is not None:
-            return _BatchGroup(self._worker_batch(batch, pad_to) for batch in indices)
-        return _BatchGroup(self._tensors(batch, pad_to) for batch in indices)
+            return _BatchGroup(self._worker_batches(indices, indices.pad_to))
+        return _BatchGroup(self._tensor_batches(indices, indices.pad_to))
 
-    def _tensors(self, indices: np.ndarray, pad_to: int | None = None) -> tuple[torch.Tensor, ...]:
-        return _as_tensors(*self._rows(indices, np.int64, pad_to))
+    def _tensor_batches(self, batches: Iterable[np.ndarray], pad_to: int | None = None):
+        """The batch of each of `batches` (window indices), as tensors."""
+        return (_as_tensors(*parts) for parts in self._batches(batches, np.int64, pad_to))
 
-    def _worker_batch(self, indices: np.ndarray, pad_to: int | None = None) -> _WorkerBatch:
-        return _WorkerBatch(*self._rows(indices, None, pad_to))
+    def _worker_batches(self, batches: Iterable[np.ndarray], pad_to: int | None = None):
+        """The batch of each of `batches`, as a worker sends it."""
+        return (_WorkerBatch(*parts) for parts in self._batches(batches, None, pad_to))
 
-    def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
-        """The batch's rows (in `dtype`, None: the tokens' own) and extras (`[weights][,
-        segment_ids, positions]`); with `pad_to`, all padded to `pad_to` rows with zeros, and
-        the mask of the real rows (else None)."""
-        rows = self.windows.gather_rows(indices, dtype)
+    def _batches(self, batches: Iterable[np.ndarray], dtype, pad_to: int | None):
+        """`(rows, extras, mask)` of each batch of window indices in turn: its rows in `dtype`
+        (None: the tokens' own), extras (`[weights][, segment_ids, positions]`); with `pad_to`,
+        all padded to `pad_to` rows with zeros, and the mask of the real rows (else None)."""
+        for indices, rows in read_batches(self.windows, batches, dtype):
+            yield self._finish(indices, rows, pad_to)
+
+    def _finish(self, indices: np.ndarray, rows: np.ndarray, pad_to: int | None):
         extras = (self.windows.weights(indices),) if self.return_weights else ()
         if self.return_segments:
             extras += self.windows.segments(indices)
@@ -185,8 +191,8 @@ class MixtureDataset(GPTDatasetV1):
         self.return_weights, self.return_segments = first.return_weights, first.return_segments
         self._shared_bytes = None
 
-    def _rows(self, indices: np.ndarray, dtype, pad_to: int | None):
-        rows, extras, mask = super()._rows(indices, dtype, pad_to)  # a mixture's batches are full
+    def _finish(self, indices: np.ndarray, rows: np.ndarray, pad_to: int | None):
+        rows, extras, mask = super()._finish(indices, rows, pad_to)  # a mixture's batches are full
         return rows, extras + ((self.windows.source_of(indices),) if self.return_source else ()), mask
 
     def _share_tokens(self) -> None:
@@ -516,14 +522,12 @@ class WindowDataLoader(DataLoader):
         # DataLoader's single-process loop gives these same batches, but its profiler scope,
         # fetcher and this adapter's batch groups cost ~10-20 µs a batch here, as much as
         # gathering a (16, 1025) batch itself.
-        gather, collate, pad_to = self.dataset._tensors, self.collate_fn, self._pad_to
-        for indices in self._rank_batches():
-            batch = gather(indices, pad_to)
+        collate = self.collate_fn
+        for batch in self.dataset._tensor_batches(self._rank_batches(), self._pad_to):
             yield batch if collate is _batch_as_is else collate(_BatchGroup([batch]))[0]
 
     def _rows_in_process(self):
-        rows, pad_to = self.dataset._worker_batch, self._pad_to
-        return (rows(indices, pad_to) for indices in self._rank_batches())
+        return self.dataset._worker_batches(self._rank_batches(), self._pad_to)
 
     def _rows_from_workers(self):
         for group in super().__iter__():
