@@ -1,9 +1,10 @@
 """One process of the two-process multi-host test (tests/test_jax_multihost.py).
 
-Usage: python tests/_multihost_worker.py PORT PROCESS_ID OUT.json
+Usage: python tests/_multihost_worker.py PORT PROCESS_ID OUT.json STATE.json
 
 Joins a two-process `jax.distributed` run with 2 CPU devices here, iterates a few loader
 configurations, and writes each batch's addressable shards (device id, rows, values) to OUT.json.
+STATE.json is a mixture loader's state saved by one process, which the mixture run resumes from.
 """
 
 import os
@@ -14,11 +15,15 @@ if __name__ == "__main__":  # not when the test imports the constants below
     os.environ["JAX_PLATFORMS"] = "cpu"
 
 import json
+from itertools import islice
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from reference import source_tokens
+
+from windowloader import Mixture
 from windowloader.adapters.jax import create_dataloader, create_dataset
 
 # Shared with the test: the corpus and the configurations each process runs.
@@ -36,6 +41,12 @@ DOC_STARTS = DOC_STARTS[DOC_STARTS < len(TOKENS)]
 PACKED_TOKENS = TOKENS.copy()
 PACKED_TOKENS[DOC_STARTS] = 50256
 PACKED = ("interleaved", True, False, 5)
+# A mixture of three sources with disjoint token ids (reference.BASES), new weights from step 5:
+# MIX_STEPS batches, the state saved after MIX_SAVE_AT of them; then MIX_RESUMED_STEPS batches
+# resumed from STATE.json.
+MIX_NAMES, MIX_SIZES, MIX_STRIDES, MIX_MAX_LENGTH = ("web", "code", "books"), (40, 29, 23), (2, 3, 4), 5
+MIX_WEIGHTS, MIX_SCHEDULE = (0.5, 0.3, 0.2), [(5, (0.2, 0.2, 0.6))]
+MIX_BATCH, MIX_STEPS, MIX_SAVE_AT, MIX_RESUMED_STEPS = 12, 12, 4, 5
 
 
 def mesh_of(layout: str) -> Mesh:
@@ -45,6 +56,43 @@ def mesh_of(layout: str) -> Mesh:
     if layout == "interleaved":
         devices = [devices[0], devices[2], devices[1], devices[3]]
     return Mesh(np.asarray(devices), ("data",))
+
+
+def mixture() -> Mixture:
+    """The mixture every process reads (and the test, in one process), with loss weights."""
+    datasets = {
+        name: create_dataset(
+            tokens=source_tokens(s, n, MIX_MAX_LENGTH, stride),
+            max_length=MIX_MAX_LENGTH,
+            stride=stride,
+            return_weights=True,
+        )
+        for s, (name, n, stride) in enumerate(zip(MIX_NAMES, MIX_SIZES, MIX_STRIDES))
+    }
+    return Mixture(datasets, weights=list(MIX_WEIGHTS), schedule=MIX_SCHEDULE)
+
+
+def mixture_loader(layout: str, **options):
+    options |= dict(batch_size=MIX_BATCH, seed=None, drop_last=False, return_source=True)
+    return create_dataloader(mixture(), mesh=mesh_of(layout), **options)
+
+
+def mixture_runs(state: dict) -> dict:
+    """Shards of a mixture run with its state after MIX_SAVE_AT batches, and of one resumed from `state`
+    (rows transfer, another mesh)."""
+    loader = mixture_loader("interleaved")
+    batches = iter(loader)
+    served = [[shards(array) for array in batch] for batch in islice(batches, MIX_SAVE_AT)]
+    saved = loader.state_dict()
+    served += [[shards(array) for array in batch] for batch in islice(batches, MIX_STEPS - MIX_SAVE_AT)]
+    resumed = mixture_loader("process-major", transfer="rows")
+    resumed.load_state_dict(state)
+    return {
+        "seed": loader.state_dict()["seed"],
+        "batches": served,
+        "state": saved,
+        "resumed": [[shards(array) for array in batch] for batch in islice(resumed, MIX_RESUMED_STEPS)],
+    }
 
 
 def shards(array) -> list:
@@ -59,7 +107,7 @@ def shards(array) -> list:
 
 
 def main() -> None:
-    port, process_id, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    port, process_id, out, state = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     jax.distributed.initialize(
         f"127.0.0.1:{port}", num_processes=2, process_id=process_id, initialization_timeout=60
     )
@@ -85,6 +133,8 @@ def main() -> None:
             packed, batch_size=BATCH_SIZE, shuffle=shuffle, drop_last=drop_last, seed=seed, mesh=mesh_of(layout)
         )
         report["runs"]["packed"] = {"batches": [[shards(array) for array in batch] for batch in loader]}
+        with open(state) as file:
+            report["runs"]["mixture"] = mixture_runs(json.load(file))
         with open(out + ".tmp", "w") as file:
             json.dump(report, file)
         os.replace(out + ".tmp", out)

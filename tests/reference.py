@@ -3,6 +3,22 @@
 This is the loop of the reference `GPTDatasetV1` (SPEC-data-loader.md, "How It Works").
 """
 
+import numpy as np
+
+# Mixture tests: source s's token ids start at BASES[s], so a row's first token says its source and window.
+BASES = (0, 200_000, 400_000)
+
+
+def source_tokens(s, n_windows, max_length, stride):
+    """The tokens of mixture source s: `n_windows` windows, consecutive ids from BASES[s]."""
+    return np.arange(BASES[s], BASES[s] + (n_windows - 1) * stride + max_length + 1, dtype=np.int64)
+
+
+def decode(first_tokens, stride):
+    """(source, window) of each row from its first input token (`stride`: each source's)."""
+    sources = np.searchsorted(BASES, first_tokens, side="right") - 1
+    return sources, (first_tokens - np.asarray(BASES)[sources]) // np.asarray(stride)[sources]
+
 
 def reference_windows(tokens, max_length, stride):
     """[(inputs, targets), ...] as lists of ints, in window order."""

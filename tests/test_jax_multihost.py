@@ -3,8 +3,11 @@
 Each process runs tests/_multihost_worker.py and reports its addressable shards; every shard must
 equal the matching rows of the global batch computed here in plain Python, every process must
 serve the same number of batches, and `seed=None` must give both processes the same seed.
+A mixture's shards must equal the rows of the 1-process loader's batches, each row the whole window
+its first token names, and its state must resume between two processes and one.
 """
 
+import functools
 import json
 import os
 import socket
@@ -12,14 +15,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from itertools import islice
+
+import jax
 import numpy as np
 import pytest
-from reference import reference_permutation, reference_windows
+from reference import decode, reference_permutation, reference_windows, source_tokens
 
 WORKER = Path(__file__).with_name("_multihost_worker.py")
 import _multihost_worker as worker
 
 TIMEOUT_S = 90
+# The 1-process mixture state the two processes resume from: seed and step.
+RESUME_SEED, RESUME_AT = 11, 7
 
 
 def free_port() -> int:
@@ -31,11 +39,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multihost")
+    one_process = mixture_loader(RESUME_SEED)
+    list(islice(one_process, RESUME_AT))
+    (tmp / "state.json").write_text(json.dumps(one_process.state_dict()))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(port), str(i), str(tmp / f"p{i}.json")],
+            [sys.executable, str(WORKER), str(port), str(i), str(tmp / f"p{i}.json"), str(tmp / "state.json")],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -55,6 +66,22 @@ def reports(tmp_path_factory):
     for i, proc in enumerate(procs):
         assert proc.returncode == 0, f"process {i} failed:\n{logs[i][-3000:]}"
     return [json.loads((tmp / f"p{i}.json").read_text()) for i in range(2)]
+
+
+def assert_shards_are_their_rows(batches, expected) -> set:
+    """Each reported batch's addressable shards equal their rows (a quarter of the batch, one
+    device's) of the expected global arrays, part by part; returns the devices seen."""
+    assert len(batches) == len(expected)
+    devices = set()
+    for got, want in zip(batches, expected):
+        assert len(got) == len(want)
+        for shards, array in zip(got, want):
+            for shard in shards:
+                start, stop = shard["rows"]
+                assert stop - start == len(array) // 4
+                assert shard["values"] == array[start:stop]
+                devices.add(shard["device"])
+    return devices
 
 
 def expected_batches(seed, shuffle, drop_last):
@@ -95,16 +122,7 @@ def test_each_addressable_shard_is_its_rows_of_the_global_batch(reports, name):
     expected = expected_batches(seeds.pop(), shuffle, drop_last)
     devices_seen = set()
     for report in reports:
-        batches = report["runs"][name]["batches"]
-        assert len(batches) == len(expected)
-        for got, want in zip(batches, expected):
-            assert len(got) == len(want)
-            for shards, array in zip(got, want):
-                for shard in shards:
-                    start, stop = shard["rows"]
-                    assert stop - start == worker.BATCH_SIZE // 4
-                    assert shard["values"] == array[start:stop]
-                    devices_seen.add(shard["device"])
+        devices_seen |= assert_shards_are_their_rows(report["runs"][name]["batches"], expected)
     assert len(devices_seen) == 4
 
 
@@ -136,3 +154,86 @@ def test_packed_rows_shard_over_processes_as_windows_do(reports):
                 for shard in shards:
                     start, stop = shard["rows"]
                     assert shard["values"] == array[start:stop]
+
+
+def mixture_loader(seed):
+    """The workers' mixture in this one process, on one device."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    return worker.create_dataloader(
+        worker.mixture(), batch_size=worker.MIX_BATCH, seed=seed, drop_last=False, return_source=True, mesh=mesh
+    )
+
+
+@functools.cache
+def one_process_batches(seed, steps):
+    """The mixture's first `steps` global batches from one process, each part as lists."""
+    return as_lists(islice(mixture_loader(seed), steps))
+
+
+def as_lists(batches):
+    return [[np.asarray(array).tolist() for array in batch] for batch in batches]
+
+
+def test_mixture_shards_put_together_are_the_one_process_batches(reports):
+    seeds = {r["runs"]["mixture"]["seed"] for r in reports}
+    assert len(seeds) == 1, f"processes disagree on the mixture's seed: {seeds}"
+    expected = one_process_batches(seeds.pop(), worker.MIX_STEPS)
+    devices_seen = set()
+    for report in reports:
+        batches = report["runs"]["mixture"]["batches"]
+        assert all(len(batch) == 5 for batch in batches)  # inputs, targets, weights, source, mask
+        devices_seen |= assert_shards_are_their_rows(batches, expected)
+    assert len(devices_seen) == 4
+
+
+def global_arrays(reports, run, k):
+    """Batch k of `run` put together from both processes' shards: each row from exactly one device."""
+    parts = []
+    for p in range(len(reports[0]["runs"]["mixture"][run][k])):
+        rows = {}
+        for report in reports:
+            for shard in report["runs"]["mixture"][run][k][p]:
+                start, stop = shard["rows"]
+                assert not rows.keys() & set(range(start, stop))
+                rows.update(zip(range(start, stop), shard["values"]))
+        assert sorted(rows) == list(range(worker.MIX_BATCH))
+        parts.append(np.array([rows[r] for r in range(worker.MIX_BATCH)]))
+    return parts
+
+
+@pytest.mark.parametrize("run", ["batches", "resumed"])
+def test_every_mixture_row_is_the_whole_window_its_first_token_names(reports, run):
+    """From the definitions: a row is `max_length + 1` consecutive tokens of its source at its
+    window's start, its weights predict-once, its source id its source; and each batch holds each
+    source's share within one window, the new weights from their step on."""
+    length, strides = worker.MIX_MAX_LENGTH, worker.MIX_STRIDES
+    first_step = 0 if run == "batches" else RESUME_AT
+    for k in range(len(reports[0]["runs"]["mixture"][run])):
+        inputs, targets, weights, source, mask = global_arrays(reports, run, k)
+        sources, windows = decode(inputs[:, 0], strides)
+        for row, (s, w) in enumerate(zip(sources, windows)):
+            assert 0 <= w < worker.MIX_SIZES[s]
+            tokens = source_tokens(s, worker.MIX_SIZES[s], length, strides[s])[w * strides[s] :][: length + 1]
+            assert inputs[row].tolist() == tokens[:-1].tolist() and targets[row].tolist() == tokens[1:].tolist()
+            assert weights[row].tolist() == [float(w == 0 or j >= length - strides[s]) for j in range(length)]
+        assert source.tolist() == sources.tolist() and mask.all()
+        step = first_step + k
+        change_at, new_share = worker.MIX_SCHEDULE[0]
+        share = worker.MIX_WEIGHTS if step < change_at else new_share
+        counts = np.bincount(sources, minlength=3)
+        assert np.all(np.abs(counts - np.asarray(share) * worker.MIX_BATCH) < 1 + 1e-9), (step, counts)
+
+
+def test_a_mixture_state_resumes_from_two_processes_on_one_and_from_one_on_two(reports):
+    states = [r["runs"]["mixture"]["state"] for r in reports]
+    seed = reports[0]["runs"]["mixture"]["seed"]
+    one_process = mixture_loader(seed)
+    assert states[0] == states[1] == one_process.state_dict() | {"step": worker.MIX_SAVE_AT}
+    one_process = mixture_loader(seed + 1)
+    one_process.load_state_dict(states[0])
+    resumed = islice(one_process, worker.MIX_STEPS - worker.MIX_SAVE_AT)
+    assert as_lists(resumed) == one_process_batches(seed, worker.MIX_STEPS)[worker.MIX_SAVE_AT :]
+    # The other way: the two processes resumed the state one process saved after RESUME_AT batches.
+    expected = one_process_batches(RESUME_SEED, RESUME_AT + worker.MIX_RESUMED_STEPS)[RESUME_AT:]
+    for report in reports:
+        assert_shards_are_their_rows(report["runs"]["mixture"]["resumed"], expected)

@@ -24,7 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from reference import reference_windows
+from reference import BASES, decode, reference_windows, source_tokens
 
 from windowloader import Mixture
 from windowloader.adapters import torch as wl_torch
@@ -32,20 +32,6 @@ from windowloader.mixture import MixtureOrder
 
 NAMES = ("web", "code", "books")
 WEIGHTS = (0.5, 0.3, 0.2)
-# Source s's token ids start at BASES[s]: a row's first token says its source and window.
-BASES = (0, 200_000, 400_000)
-
-
-def source_tokens(s, n_windows, max_length, stride):
-    return np.arange(BASES[s], BASES[s] + (n_windows - 1) * stride + max_length + 1, dtype=np.int64)
-
-
-def decode(first_tokens, stride):
-    """(source, window) of each row from its first input token."""
-    sources = np.searchsorted(BASES, first_tokens, side="right") - 1
-    return sources, (first_tokens - np.asarray(BASES)[sources]) // np.asarray(stride)[sources]
-
-
 def make_mixture(
     adapter, sizes=(60, 37, 23), max_length=4, strides=(2, 3, 4), return_weights=False, **kwargs
 ):
