@@ -57,11 +57,13 @@ def prefetch_threads():
     return [t for t in threading.enumerate() if t.name == "windowloader-prefetch" and t.is_alive()]
 
 
-# A loop "in its step" for this long per batch is far slower than building these tiny batches,
-# so the loader starts its thread when the 5th batch is asked for: the first build is not
-# counted, then three busy batches in a row.
-BUSY_S = 0.05
-BATCHES_BEFORE_THE_THREAD = 4
+# A loop "in its step" for this long per batch is far slower than building these tiny batches
+# (they travel 16 at a time: CHUNK), so the loader starts its thread when the 5th chunk is
+# asked for: the first build is not counted, then three busy chunks in a row.
+BUSY_S = 0.005
+CHUNK = 16
+CHUNKS_BEFORE_THE_THREAD = 4
+BATCHES_BEFORE_THE_THREAD = CHUNKS_BEFORE_THE_THREAD * CHUNK
 
 
 def busy(iterable):
@@ -287,34 +289,35 @@ def test_a_loop_that_only_fetches_batches_builds_them_itself_without_a_thread():
 
 
 def _record_builders(data):
-    """Wraps the dataset's gather to note which thread gathers each batch."""
-    real_gather, builders = data.windows.gather, []
+    """Wraps the dataset's gather to note which thread gathers each chunk of batches."""
+    real_gather, builders = data.windows.gather_rows, []
 
-    def gather(*args, **kwargs):
+    def gather_rows(*args, **kwargs):
         builders.append(threading.current_thread().name)
         return real_gather(*args, **kwargs)
 
-    data.windows.gather = gather
+    data.windows.gather_rows = gather_rows
     return builders
 
 
 def test_a_busy_loop_gets_batches_built_ahead_and_a_quick_one_builds_them_itself(no_leaked_threads):
-    tokens = np.arange(1_000) * 7919 % 50257
+    tokens = np.arange(20_000) * 7919 % 50257
     data = create_dataset(tokens=tokens, max_length=MAX_LENGTH, stride=STRIDE)
-    builders = _record_builders(data)
     loader = create_dataloader(data, batch_size=4, seed=6, prefetch=2)
+    assert loader.batches.chunk == CHUNK
+    builders = _record_builders(data)
     iterator = iter(loader)
-    served = list(busy(next(iterator) for _ in range(10)))
+    served = list(busy(next(iterator) for _ in range(10 * CHUNK)))
     assert prefetch_threads()
     built_ahead = builders.count("windowloader-prefetch")
-    served += list(iterator)  # a quick loop: building ahead stops after 3 batches
+    served += list(iterator)  # a quick loop: building ahead stops after 3 chunks
     windows = reference_windows(tokens, MAX_LENGTH, STRIDE)
     order = reference_permutation(len(windows), 6, 0)
     want = [order[start : start + 4] for start in range(0, len(order) - 3, 4)]
-    assert len(served) == len(want) == 49
+    assert len(served) == len(want) == 999
     for batch, rows in zip(served, want):  # in order, each once, whichever thread built it
         assert as_lists(batch) == [[windows[i][0] for i in rows], [windows[i][1] for i in rows]]
-    assert builders[:BATCHES_BEFORE_THE_THREAD] == ["MainThread"] * BATCHES_BEFORE_THE_THREAD
+    assert builders[:CHUNKS_BEFORE_THE_THREAD] == ["MainThread"] * CHUNKS_BEFORE_THE_THREAD
     assert built_ahead >= 5
     assert builders[-20:] == ["MainThread"] * 20, builders
     assert (loader.state_dict()["epoch"], loader.state_dict()["step"]) == (1, 0)
@@ -324,17 +327,22 @@ def _exploding_gather(*args, **kwargs):
     raise RuntimeError("disk on fire")
 
 
-def test_an_error_in_the_prefetch_thread_is_raised_in_the_loop_with_its_traceback(no_leaked_threads):
-    data = dataset()
-    loader = create_dataloader(data, batch_size=4, seed=0, prefetch=2)
-    real_gather = data.windows.gather
+def long_dataset():
+    """Batches of 4 enough for the thread to start within one epoch (149, 10 chunks)."""
+    return create_dataset(tokens=np.arange(3_000) * 7919 % 50257, max_length=MAX_LENGTH, stride=STRIDE)
 
-    def gather(*args, **kwargs):
+
+def test_an_error_in_the_prefetch_thread_is_raised_in_the_loop_with_its_traceback(no_leaked_threads):
+    data = long_dataset()
+    loader = create_dataloader(data, batch_size=4, seed=0, prefetch=2)
+    real_gather = data.windows.gather_rows
+
+    def gather_rows(*args, **kwargs):
         if threading.current_thread().name == "windowloader-prefetch":
             _exploding_gather()
         return real_gather(*args, **kwargs)
 
-    data.windows.gather = gather
+    data.windows.gather_rows = gather_rows
     served = 0
     with pytest.raises(RuntimeError, match="disk on fire") as raised:
         for _ in busy(loader):
@@ -346,16 +354,16 @@ def test_an_error_in_the_prefetch_thread_is_raised_in_the_loop_with_its_tracebac
 
 @pytest.mark.parametrize("how", ["break", "garbage-collected"])
 def test_leaving_the_loop_stops_the_prefetch_thread(how, no_leaked_threads):
-    data = dataset()
+    data = long_dataset()
     loader = create_dataloader(data, batch_size=4, seed=0, prefetch=2)
-    real_gather = data.windows.gather
+    real_gather = data.windows.gather_rows
 
-    def slow_gather(*args, **kwargs):  # the thread is mid-batch when the loop ends: it is waited for
+    def slow_gather(*args, **kwargs):  # the thread is mid-chunk when the loop ends: it is waited for
         if threading.current_thread().name == "windowloader-prefetch":
             time.sleep(0.2)
         return real_gather(*args, **kwargs)
 
-    data.windows.gather = slow_gather
+    data.windows.gather_rows = slow_gather
     iterator = iter(loader)
     for _ in busy(next(iterator) for _ in range(BATCHES_BEFORE_THE_THREAD + 1)):
         pass
@@ -540,18 +548,24 @@ def _bytes_moved(monkeypatch, loader, batches):
 
 
 @pytest.mark.parametrize("transfer, most", [("rows", 2.1), ("arrays", 8.0)])
-def test_rows_transfer_moves_about_2_bytes_a_gpt2_token(monkeypatch, transfer, most):
+# A whole epoch of 9 batches, moved one at a time (fewer than a chunk); two chunks of 16.
+@pytest.mark.parametrize("batches, copies", [(9, 1), (2 * CHUNK, 6)])
+def test_rows_transfer_moves_about_2_bytes_a_gpt2_token(monkeypatch, transfer, most, batches, copies):
     tokens = (np.arange(20_000) * 7919 % 50257).astype(np.uint16)  # gpt2 ids, as the cache holds them
-    data = create_dataset(tokens=tokens, max_length=256, stride=256)
+    data = create_dataset(tokens=np.tile(tokens, copies), max_length=256, stride=256)
     loader = create_dataloader(data, batch_size=8, seed=0, transfer=transfer)
-    per_token = _bytes_moved(monkeypatch, loader, 5) / (5 * 8 * 256)
+    assert (loader.batches.chunk, len(loader) >= batches) == (CHUNK, True)
+    per_token = _bytes_moved(monkeypatch, loader, batches) / (batches * 8 * 256)
     assert 0 < per_token <= most
     assert transfer == "arrays" or per_token == 2 * 257 / 256
 
 
-def test_transfer_defaults_to_arrays_on_cpu_devices():
-    loader = create_dataloader(dataset(), batch_size=4, seed=0)
-    assert loader.batches.transfer == "arrays" and "transfer='arrays'" in repr(loader)
+def test_cpu_devices_get_rows_in_chunks_and_arrays_for_batches_too_big_to_chunk():
+    small = create_dataloader(dataset(), batch_size=4, seed=0)
+    assert small.batches.transfer == "rows" and "transfer='rows'" in repr(small)
+    tokens = np.zeros(300_000, dtype=np.uint16)  # 4 rows x 262,145 x 2 bytes: 2 MB, over a chunk
+    big = create_dataloader(create_dataset(tokens=tokens, max_length=2**18, stride=4), batch_size=4, seed=0)
+    assert (big.batches.transfer, big.batches.chunk) == ("arrays", 1)
 
 
 def test_a_bad_transfer_is_refused_with_the_choices():
@@ -559,3 +573,28 @@ def test_a_bad_transfer_is_refused_with_the_choices():
         create_dataloader(dataset(), batch_size=4, transfer="compact")
     for word in ["transfer", "'compact'", "'rows'", "'arrays'"]:
         assert word in str(raised.value)
+
+
+@pytest.mark.parametrize("transfer", ["rows", "arrays"])
+@pytest.mark.parametrize("mesh", [None, "2d"])
+def test_batches_moved_sixteen_at_a_time_are_the_reference_batches(transfer, mesh):
+    """127 windows in batches of 4, drop_last=False: two whole chunks of 16 batches, the second
+    ending with the padded last batch (3 real rows); every part against the definitions."""
+    tokens = (np.arange(127 * STRIDE + MAX_LENGTH - STRIDE + 1) * 7919 % 50257).astype(np.uint16)
+    windows = reference_windows(tokens, MAX_LENGTH, STRIDE)
+    data = create_dataset(tokens=tokens, max_length=MAX_LENGTH, stride=STRIDE, return_weights=True)
+    kwargs = dict(batch_size=4, drop_last=False, seed=5, transfer=transfer, mesh=mesh_2d() if mesh else None)
+    loader = create_dataloader(data, **kwargs)
+    assert (len(windows), len(loader), loader.batches.chunk) == (127, 32, CHUNK)
+    order = reference_permutation(127, 5, 0)
+    batches = list(loader)
+    assert len(batches) == 32
+    for step, (inputs, targets, weights, mask) in enumerate(batches):
+        rows = order[step * 4 : step * 4 + 4]
+        padding = 4 - len(rows)
+        assert inputs.shape == weights.shape == (4, MAX_LENGTH) and inputs.dtype == jnp.int32
+        assert inputs.sharding.spec == PartitionSpec("data", None) and mask.sharding.spec == PartitionSpec("data")
+        assert np.asarray(inputs).tolist() == [windows[i][0] for i in rows] + [[0] * MAX_LENGTH] * padding
+        assert np.asarray(targets).tolist() == [windows[i][1] for i in rows] + [[0] * MAX_LENGTH] * padding
+        assert np.asarray(weights).tolist() == [reference_weights(i) for i in rows] + [[0.0] * MAX_LENGTH] * padding
+        assert np.asarray(mask).tolist() == [True] * len(rows) + [False] * padding

@@ -21,6 +21,8 @@ except ImportError as error:  # pragma: no cover - exercised only without jax
     raise ImportError("windowloader.adapters.jax needs JAX: pip install 'windowloader[jax]'") from error
 
 import atexit
+import functools
+import itertools
 import math
 import threading
 import time
@@ -45,6 +47,10 @@ _VOTES = 3
 # The longest close() waits for a build in progress, so that Ctrl-C stops a loop within a second.
 _JOIN_S = 0.5
 TRANSFERS = ("arrays", "rows")
+# Host bytes of batches that travel together (see `ShardedBatches`), and at most this many: a
+# jitted cut with more outputs takes longer to compile than it saves.
+_CHUNK_BYTES = 1 << 20
+_MAX_CHUNK = 16
 
 
 class WindowDataset:
@@ -121,6 +127,11 @@ class ShardedBatches:
     `transfer="arrays"` moves inputs and targets as two `dtype` arrays; `transfer="rows"` moves
     each window once, `(batch_size, max_length + 1)` in the tokens' own dtype (2 bytes a token
     for gpt2 instead of 8), and a jitted split on the devices cuts and casts inputs and targets.
+
+    Small batches travel `chunk` at a time: each part of consecutive batches stacked, one
+    transfer, and one jitted call that cuts them into batches on the devices. A transfer and a
+    jitted call each cost ~50-150 µs of dispatch here whatever their size, more than copying a
+    (16, 1025) batch; a chunk holds up to `_CHUNK_BYTES` of host arrays.
     """
 
     def __init__(
@@ -133,7 +144,7 @@ class ShardedBatches:
         transfer: str,
         return_source: bool = False,
     ) -> None:
-        self.windows, self.order, self.dtype, self.transfer = dataset.windows, order, dtype, transfer
+        self.windows, self.order, self.dtype = dataset.windows, order, dtype
         self.return_weights, self.return_segments = dataset.return_weights, dataset.return_segments
         self.return_source = return_source
         self.with_mask = not order.drop_last
@@ -143,26 +154,72 @@ class ShardedBatches:
         self.positions = local_rows(self.rows, (order.batch_size, self.windows.max_length))
         self.every_row = np.array_equal(self.positions, np.arange(order.batch_size))
         self.all_valid = np.ones(len(self.positions), dtype=bool)
+        # Rows travel in the tokens' dtype (a mixture's common one) when it is the narrower.
+        row_dtype = _row_dtype(self.windows.gather_rows([0]).dtype, dtype)
+        if transfer is None:
+            # Off CPU a transfer crosses a bus: the fewest bytes win. On CPU it is a memory copy,
+            # and a batch moved alone would pay a separate split call; in a chunk the split is
+            # part of the cut, and 2-byte rows are a quarter of the copy.
+            on_cpu = all(device.platform == "cpu" for device in mesh.devices.flat)
+            transfer = "arrays" if on_cpu and self._chunk_size("rows", row_dtype) == 1 else "rows"
+        self.transfer = transfer
+        self.row_dtype = row_dtype if transfer == "rows" else dtype
         if transfer == "rows":
-            # The tokens' dtype (a mixture's common one), as its rows come.
-            self.row_dtype = _row_dtype(self.windows.gather_rows([0]).dtype, dtype)
             self.split = jax.jit(_split_rows(dtype), out_shardings=(self.rows, self.rows))
+        self.chunk = self._chunk_size(transfer, self.row_dtype)
+        if self.chunk > 1:
+            self.stacked = (
+                NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
+                NamedSharding(mesh, PartitionSpec(None, data_axis)),
+            )
+            wide = 1 + (transfer == "arrays") + self.return_weights + 2 * self.return_segments
+            narrow = self.return_source + self.with_mask
+            batch = (self.rows,) * (wide + (transfer == "rows")) + (self.mask_sharding,) * narrow
+            split = dtype if transfer == "rows" else None
+            self.unstack = _unstacker(self.chunk, split, (batch,) * self.chunk)
 
     def __call__(self, epoch: int, step: int) -> tuple[jax.Array, ...]:
-        return self.build(self.order.global_batch(epoch, step))
+        return self.build([self.order.global_batch(epoch, step)])[0]
 
-    def build(self, windows: np.ndarray) -> tuple[jax.Array, ...]:
-        """The device batch of global batch `windows` (window indices, every process's)."""
-        return self.to_device(self.host_rows(windows))
+    def _chunk_size(self, transfer: str, row_dtype: np.dtype) -> int:
+        """Batches per transfer: as many as `_CHUNK_BYTES` of this process's host arrays hold."""
+        width = self.windows.max_length
+        row = (width + 1) * row_dtype.itemsize if transfer == "rows" else 2 * width * self.dtype.itemsize
+        row += 4 * width * self.return_weights + 8 * width * self.return_segments + 5  # + source, mask
+        return max(1, min(_MAX_CHUNK, _CHUNK_BYTES // (len(self.positions) * row)))
+
+    def build(self, chunk: list[np.ndarray]) -> list[tuple[jax.Array, ...]]:
+        """The device batches of consecutive global batches (window indices, every process's),
+        at most `self.chunk` of them."""
+        if len(chunk) < self.chunk:  # chunk == 1, or an epoch's last few: one at a time, unpadded
+            return [self.to_device(self.host_rows(windows)) for windows in chunk]
+        arrays = self._put_parts(self.host_chunk(chunk), self.stacked, (self.chunk,))
+        return list(self.unstack(arrays)[: len(chunk)])
 
     def host_rows(self, windows: np.ndarray) -> list[np.ndarray]:
         """This process's rows of the batch as the numpy arrays to move, padded when it is partial."""
         if len(windows) == self.order.batch_size:
-            valid = None
-            indices = windows if self.every_row else windows[self.positions]
-        else:  # only the last batch of a drop_last=False epoch
-            valid = self.positions < len(windows)
-            indices = windows[self.positions[valid]]
+            return self._gathered(self._local(windows)) + ([self.all_valid] if self.with_mask else [])
+        # Only the last batch of a drop_last=False epoch.
+        valid = self.positions < len(windows)
+        parts = [_pad_rows(part, valid) for part in self._gathered(windows[self.positions[valid]])]
+        return parts + ([valid] if self.with_mask else [])
+
+    def host_chunk(self, chunk: list[np.ndarray]) -> list[np.ndarray]:
+        """`host_rows` of the batches of `chunk`, each part stacked `(len(chunk), ...)`."""
+        if any(len(windows) < self.order.batch_size for windows in chunk):  # a padded last batch
+            return [np.stack(part) for part in zip(*(self.host_rows(windows) for windows in chunk))]
+        parts = self._gathered(np.concatenate([self._local(windows) for windows in chunk]))  # one gather
+        parts = [part.reshape(len(chunk), -1, *part.shape[1:]) for part in parts]
+        if self.with_mask:
+            parts.append(np.ones((len(chunk), len(self.positions)), dtype=bool))
+        return parts
+
+    def _local(self, windows: np.ndarray) -> np.ndarray:
+        return windows if self.every_row else windows[self.positions]
+
+    def _gathered(self, indices: np.ndarray) -> list[np.ndarray]:
+        """Inputs and targets (or rows), then the extras asked for, of the windows `indices`."""
         if self.transfer == "rows":
             parts = [self.windows.gather_rows(indices, self.row_dtype)]
         else:
@@ -171,24 +228,26 @@ class ShardedBatches:
             parts.append(self.windows.weights(indices))
         if self.return_segments:
             parts.extend(self.windows.segments(indices))
-        if valid is not None:
-            parts = [_pad_rows(part, valid) for part in parts]
-        if self.return_source:  # a mixture's batches are always full
+        if self.return_source:
             parts.append(self.windows.source_of(indices))
-        if self.with_mask:
-            parts.append(self.all_valid if valid is None else valid)
         return parts
 
     def to_device(self, parts: list[np.ndarray]) -> tuple[jax.Array, ...]:
-        split = len(parts) - self.with_mask - self.return_source  # then (batch,) parts: source, mask
-        arrays = self._put(parts[:split], self.rows)
-        if split < len(parts):
-            arrays += self._put(parts[split:], self.mask_sharding)
+        arrays = self._put_parts(parts, (self.rows, self.mask_sharding), ())
         if self.transfer == "rows":
             return self.split(arrays[0]) + arrays[1:]
         return arrays
 
-    def _put(self, parts: list[np.ndarray], sharding: NamedSharding) -> tuple[jax.Array, ...]:
+    def _put_parts(self, parts: list[np.ndarray], shardings: tuple, leading: tuple) -> tuple[jax.Array, ...]:
+        """`parts` on the devices: the `(batch, max_length)` ones with `shardings[0]`, then the
+        `(batch,)` ones (source, mask) with `shardings[1]`, after `leading` axes."""
+        split = len(parts) - self.with_mask - self.return_source
+        arrays = self._put(parts[:split], shardings[0], leading)
+        if split < len(parts):
+            arrays += self._put(parts[split:], shardings[1], leading)
+        return arrays
+
+    def _put(self, parts: list[np.ndarray], sharding: NamedSharding, leading: tuple) -> tuple[jax.Array, ...]:
         if self.local:
             # One process holds every device: its rows are the global batch. One device_put of
             # a tuple is measured ~25% faster here than make_array_from_process_local_data, and
@@ -196,8 +255,28 @@ class ShardedBatches:
             return tuple(jax.device_put(tuple(parts), sharding))
         batch = self.order.batch_size
         return tuple(
-            jax.make_array_from_process_local_data(sharding, part, (batch, *part.shape[1:])) for part in parts
+            jax.make_array_from_process_local_data(
+                sharding, part, (*leading, batch, *part.shape[len(leading) + 1 :])
+            )
+            for part in parts
         )
+
+
+@functools.lru_cache(maxsize=32)
+def _unstacker(chunk: int, split_dtype, out_shardings: tuple) -> Callable:
+    """A jitted function from stacked parts `(chunk, ...)` to `chunk` batches (tuples of parts);
+    with `split_dtype`, each batch's first part is rows, cut into inputs and targets of that
+    dtype. Cached: loaders of the same shapes share one compiled cut."""
+    split = None if split_dtype is None else _split_rows(split_dtype)
+
+    def unstack(parts):
+        batches = []
+        for k in range(chunk):
+            batch = tuple(part[k] for part in parts)
+            batches.append(batch if split is None else split(batch[0]) + batch[1:])
+        return tuple(batches)
+
+    return jax.jit(unstack, out_shardings=out_shardings)
 
 
 def _row_dtype(tokens: np.dtype, dtype: np.dtype) -> np.dtype:
@@ -245,9 +324,10 @@ class WindowDataLoader:
         return len(self.cursor.order)
 
     def __iter__(self) -> Iterator[tuple[jax.Array, ...]]:
-        cursor = self.cursor
+        cursor, chunk = self.cursor, self.batches.chunk
         windows = cursor.order.batches(cursor.epoch, cursor.step)  # fixed now: the consumer moves the cursor
-        feeder = _Feeder(self.batches.build, windows, self.prefetch)
+        chunks = iter(lambda: list(itertools.islice(windows, chunk)), [])
+        feeder = _Feeder(self.batches.build, chunks, -(-self.prefetch // chunk))  # in whole chunks
         try:
             for batch in feeder:
                 cursor.advance()
@@ -287,72 +367,76 @@ _LIVE: weakref.WeakSet[_Feeder] = weakref.WeakSet()
 class _Feeder:
     """Hands out built batches in order, building ahead in a thread only while that helps.
 
-    A thread costs a hand-off per batch between two threads that share the GIL, more than a
-    whole small batch in a loop that only fetches batches. So the consumer builds each batch
-    itself while its loop comes back faster than a build takes; once the time it spends away
-    (in its step) exceeds the average build time `_VOTES` batches in a row, a thread builds up
-    to `depth` batches ahead, until the loop comes back in under half the build time as many
-    times in a row. The first build (compilation, first transfer) is not counted. The thread
-    starts the first time it is needed: a loop that is never busy never has one.
-    Either side takes the next window indices from `work` under the lock; the consumer waits
-    only for a batch the thread has already started.
+    `work` yields the window indices of a few batches at a time (a chunk) and `build` makes
+    their device batches. A thread costs a hand-off per chunk between two threads that share the
+    GIL, more than a whole small chunk in a loop that only fetches batches. So the consumer
+    builds each chunk itself while its loop comes back faster than a build takes; once the time
+    it spends away (in its steps) over a chunk exceeds the average build time `_VOTES` chunks in
+    a row, a thread builds up to `depth` chunks ahead, until the loop comes back in under half
+    the build time as many times in a row. The first build (compilation, first transfer) is not
+    counted. The thread starts the first time it is needed: a loop that is never busy never has
+    one. Either side takes the next chunk from `work` under the lock; the consumer waits only for
+    a chunk the thread has already started.
     """
 
-    def __init__(self, build: Callable, work: Iterator[np.ndarray], depth: int) -> None:
+    def __init__(self, build: Callable, work: Iterator[list[np.ndarray]], depth: int) -> None:
         self._build, self._work, self._depth = build, work, depth
         self._lock = threading.Condition(threading.Lock())
-        self._ready: dict[int, object] = {}  # batch number -> batch or _Failure, built by the thread
-        self._claimed = 0  # batches taken from `work`
+        self._ready: dict[int, object] = {}  # chunk number -> its batches or _Failure, built by the thread
+        self._claimed = 0  # chunks taken from `work`
         self._served = 0
         self._ahead = False  # whether the thread builds ahead
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._build_s: float | None = None  # running average, seconds
         self._cold = True  # the next build is the first
-        self._votes = 0  # consecutive batches for switching `_ahead`
+        self._votes = 0  # consecutive chunks for switching `_ahead`
 
     def __iter__(self) -> Iterator[tuple[jax.Array, ...]]:
-        while (batch := self._next()) is not _DONE:
-            left = time.perf_counter()
-            yield batch
+        while (batches := self._next()) is not _DONE:
+            away = 0.0
+            for batch in batches:
+                left = time.perf_counter()
+                yield batch
+                away += time.perf_counter() - left
             if self._depth:
-                self._adapt(time.perf_counter() - left)
+                self._adapt(away)
 
     def _next(self):
         if self._thread is None:  # no other thread has ever run: no lock needed
-            windows = next(self._work, None)
-            if windows is None:
+            chunk = next(self._work, None)
+            if chunk is None:
                 return _DONE
             self._claimed += 1
             self._served += 1
-            return self._timed_build(windows)
+            return self._timed_build(chunk)
         number = self._served
         with self._lock:
             while number not in self._ready and self._claimed > number:  # the thread is on it
                 self._lock.wait()
             item = self._ready.pop(number, None)
             if item is None:
-                windows = next(self._work, None)
-                if windows is None:
+                chunk = next(self._work, None)
+                if chunk is None:
                     return _DONE
                 self._claimed += 1
             self._served += 1
             self._lock.notify()  # a free slot for the thread
         if item is None:
-            return self._timed_build(windows)
+            return self._timed_build(chunk)
         if isinstance(item, _Failure):
             raise item.error  # carries the thread's traceback
         return item
 
-    def _timed_build(self, windows: np.ndarray):
+    def _timed_build(self, chunk: list[np.ndarray]) -> list:
         start = time.perf_counter()
-        batch = self._build(windows)
+        batches = self._build(chunk)
         took = time.perf_counter() - start
         if self._cold:
             self._cold = False
         else:
             self._build_s = took if self._build_s is None else self._build_s + (took - self._build_s) * _EMA
-        return batch
+        return batches
 
     def _adapt(self, away: float) -> None:
         if self._build_s is None:
@@ -371,20 +455,20 @@ class _Feeder:
             self._thread.start()
 
     def _fill(self) -> None:
-        """The thread: builds the next batch whenever building ahead is on and a slot is free."""
+        """The thread: builds the next chunk whenever building ahead is on and a slot is free."""
         while True:
             with self._lock:
                 while not self._stopped and not (self._ahead and self._claimed - self._served < self._depth):
                     self._lock.wait()
                 if self._stopped:
                     return
-                windows = next(self._work, None)
-                if windows is None:
+                chunk = next(self._work, None)
+                if chunk is None:
                     return
                 number = self._claimed
                 self._claimed += 1
             try:
-                item = self._timed_build(windows)
+                item = self._timed_build(chunk)
             except BaseException as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
                 item = _Failure(error)
             with self._lock:
@@ -443,13 +527,15 @@ def create_dataloader(
         data_axis: the mesh axis (or tuple of axes) the batch is split over; the batch is
             replicated over the other axes.
         prefetch: how many batches a background thread may build and transfer ahead while your
-            loop is busy (its step takes longer than building a batch); while the loop comes
-            back sooner, the batches are built in it, with no thread. 0 never starts the thread.
+            loop is busy (its step takes longer than building a batch), rounded up to whole
+            transfers (small batches travel up to 16 at a time, ~1 MB); while the loop comes back
+            sooner, the batches are built in it, with no thread. 0 never starts the thread.
         dtype: the integer dtype of inputs and targets; it must hold every token id.
         transfer: "rows" moves each window once in the tokens' dtype and splits it on the
             devices (2 bytes a token for gpt2), "arrays" moves inputs and targets as two `dtype`
-            arrays; None (default) picks "rows" unless every device is a CPU, where a transfer
-            is a copy and the extra split costs more than it saves.
+            arrays; None (default) picks "rows" unless every device is a CPU and batches are too
+            large to travel several at a time (over ~0.5 MB of rows each), where a transfer is a
+            memory copy and the separate split costs more than it saves.
         return_source: with a `windowloader.Mixture` as `dataset`, add each row's source id.
 
     A mixture of datasets from this module may stand for `dataset` (see docs/mixtures.md):
@@ -480,7 +566,7 @@ def create_dataloader(
     prefetch = _checks.non_negative_int("prefetch", prefetch)
     mesh = _default_mesh() if mesh is None else _check_mesh(mesh)
     data_axis = _check_data_axis(mesh, data_axis, batch_size)
-    transfer = _check_transfer(transfer, mesh)
+    transfer = _check_transfer(transfer)
     for source in mixture.datasets if mixture is not None else (dataset,):
         dtype = _check_dtype(dtype, source.windows.tokens)
     layout = dict(batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
@@ -563,9 +649,9 @@ def _check_dtype(dtype, tokens: np.ndarray) -> np.dtype:
     return dtype
 
 
-def _check_transfer(transfer, mesh: Mesh) -> str:
+def _check_transfer(transfer) -> str | None:
     if transfer is None:
-        return "arrays" if all(device.platform == "cpu" for device in mesh.devices.flat) else "rows"
+        return None  # ShardedBatches chooses
     if transfer not in TRANSFERS:
         raise ValueError(
             f"transfer must be 'rows', 'arrays' or None, got {transfer!r}: pass transfer='rows' to move "
