@@ -8,8 +8,8 @@ on its devices (`jax.block_until_ready`). Reported: input tokens per second, bes
 alternating rounds, so a busy neighbour slows every loader alike.
 
 - ours: `windowloader.adapters.jax.create_dataloader` with default arguments (`prefetch=2`:
-  a loop that only fetches batches gets them built in the loop, no thread), and with
-  prefetch=0 (never a thread).
+  a loop that only fetches batches gets them built in the loop, no thread; small batches move up
+  to 16 at a time as rows and are cut on the devices), and with prefetch=0 (never a thread).
 - baseline: numpy fancy-index gather over a sliding-window view + one `jax.device_put` of the
   (inputs, targets) tuple with the sharding, in the loop, nothing else.
 - Grain: `grain.MapDataset.source(windows).shuffle(seed).batch(B)`, iterated through
