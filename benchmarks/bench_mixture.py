@@ -2,7 +2,9 @@
 
 The sources are 3 token streams (random gpt2-range ids, uint16) of 4, 2 and 1 million tokens;
 the single dataset is their concatenation, so both loaders read the same bytes. Both serve
-shuffled (max_length, stride, batch_size) batches; the mixture with weights 0.5/0.3/0.2. Each
+shuffled (max_length, stride, batch_size) batches; the mixture with weights 0.5/0.3/0.2. One
+more row stores the last source as uint32, so the mixture is read source by source (its slower
+path; the single dataset stays uint16). Each
 side runs ROUNDS alternating rounds of `--batches` batches and keeps its best, so a busy
 neighbour slows both; the ratio is mixture / single throughput.
 
@@ -32,10 +34,13 @@ def sources() -> list[np.ndarray]:
     return [rng.integers(0, 50_257, n).astype(np.uint16) for n in SIZES]
 
 
-def loaders(adapter, max_length: int, stride: int, batch_size: int, **kwargs):
-    """(single, mixture) loaders of `adapter` over the same tokens."""
+def loaders(adapter, max_length: int, stride: int, batch_size: int, wide_last: bool = False, **kwargs):
+    """(single, mixture) loaders of `adapter` over the same tokens; `wide_last` stores the last
+    source as uint32, which makes the mixture read source by source."""
     parts = sources()
     single = adapter.create_dataset(tokens=np.concatenate(parts), max_length=max_length, stride=stride)
+    if wide_last:
+        parts[-1] = parts[-1].astype(np.uint32)
     mixture = wl.Mixture(
         {
             name: adapter.create_dataset(tokens=tokens, max_length=max_length, stride=stride)
@@ -75,7 +80,7 @@ def compare(name: str, single, mixture, batches: int) -> None:
             best[side] = max(best[side], batches_per_second(loader, batches))
     ratio = best["mixture"] / best["single"]
     print(
-        f"{name:<22} single {best['single']:>8,.0f} batches/s   mixture {best['mixture']:>8,.0f} batches/s   "
+        f"{name:<25} single {best['single']:>8,.0f} batches/s   mixture {best['mixture']:>8,.0f} batches/s   "
         f"ratio {ratio:.2f}x"
     )
 
@@ -96,6 +101,11 @@ def main() -> None:
     compare(
         "torch, num_workers=2",
         *loaders(wl_torch, max_length, stride, batch_size, num_workers=2, persistent_workers=True),
+        args.batches,
+    )
+    compare(
+        "torch, one uint32 source",
+        *loaders(wl_torch, max_length, stride, batch_size, wide_last=True),
         args.batches,
     )
     from windowloader.adapters import jax as wl_jax
