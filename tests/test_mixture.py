@@ -535,3 +535,21 @@ def test_loaders_serve_whole_windows_from_files_in_both_frameworks(tmp_path):
                 assert inputs[row].tolist() == window[:-1] and targets[row].tolist() == window[1:], name
     for name, batches in served.items():
         assert all(np.array_equal(a, b) for x, y in zip(batches, served["torch"]) for a, b in zip(x, y)), name
+
+
+@pytest.mark.parametrize("ids", [[6], [2, 9], [-1], [0, -7]])
+def test_ids_outside_the_mixture_are_refused_not_read_beside_a_source(ids):
+    """The rows of a mixture of sources in one buffer are read from one view over the buffer:
+    an id past the last window or negative must raise, never read the tokens between or around
+    the sources (ids 0..5 are the mixture's)."""
+    from windowloader.mixture import MixtureWindows
+    from windowloader.windows import TokenWindows
+
+    whole = np.arange(1, 101, dtype=np.uint16)
+    sources = [TokenWindows(whole[60:75], max_length=4, stride=5), TokenWindows(whole[20:35], max_length=4, stride=5)]
+    windows = MixtureWindows(sources, ("a", "b"))
+    assert len(windows) == 6
+    with pytest.raises(IndexError, match="out of range for the mixture's 6 windows"):
+        windows.gather_rows(ids)
+    with pytest.raises(IndexError, match="out of range for the mixture's 6 windows"):
+        list(windows.read([np.array([0, 1]), np.array(ids)]))

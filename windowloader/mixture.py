@@ -214,7 +214,7 @@ class MixtureWindows:
     def gather_rows(self, ids, dtype=None) -> np.ndarray:
         """The windows `ids` whole: a new `(len(ids), max_length + 1)` array of `dtype`
         (default: the sources' common token dtype)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = self._checked(ids)
         if self._joined is None:
             rows = self._by_source(ids, TokenWindows.gather_rows)
         else:
@@ -236,7 +236,7 @@ class MixtureWindows:
         batches = iter(batches)
         for first in batches:
             chunk = [first, *islice(batches, self._batches_per_read(len(first)) - 1)]
-            ids = np.concatenate(chunk).astype(np.int64, copy=False)
+            ids = self._checked(np.concatenate(chunk))
             bounds = [0, *accumulate(map(len, chunk))]
             if self._joined is None:
                 rows = self._by_source(ids, TokenWindows.gather_rows)
@@ -246,6 +246,17 @@ class MixtureWindows:
                 view, starts = self._joined.view, self._joined.starts(ids)
                 for batch, start, stop in zip(chunk, bounds, bounds[1:]):
                     yield batch, _as_dtype(view[starts[start:stop]], dtype)
+
+    def _checked(self, ids) -> np.ndarray:
+        """`ids` as int64, refused unless each is one of these windows': the joined view would
+        read another id's row from the memory beside or between the sources."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and not (ids.min() >= 0 and ids.max() < len(self)):
+            bad = ids[(ids < 0) | (ids >= len(self))][0]
+            raise IndexError(
+                f"window id {bad} is out of range for the mixture's {len(self)} windows (0..{len(self) - 1})"
+            )
+        return ids
 
     def _batches_per_read(self, batch_size: int) -> int:
         row_bytes = (self.max_length + 1) * self.dtype.itemsize
