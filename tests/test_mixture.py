@@ -553,3 +553,25 @@ def test_ids_outside_the_mixture_are_refused_not_read_beside_a_source(ids):
         windows.gather_rows(ids)
     with pytest.raises(IndexError, match="out of range for the mixture's 6 windows"):
         list(windows.read([np.array([0, 1]), np.array(ids)]))
+
+
+def test_a_mixture_datasets_item_is_the_window_its_index_names_negative_ones_included():
+    """`dataset[i]` of a mixture loader's dataset: id i of the mixture (sources one after
+    another), -1 the last source's last window, with its weights and source id."""
+    sizes, max_length, strides = (60, 37, 23), 4, (2, 3, 4)
+    mixture = make_mixture(wl_torch, sizes=sizes, max_length=max_length, strides=strides, return_weights=True)
+    dataset = wl_torch.create_dataloader(mixture, batch_size=4, seed=0, return_source=True).dataset
+    n = sum(sizes)
+    for index in (0, 59, 60, 100, n - 1, -1, -n, -24):
+        inputs, targets, weights, source = dataset[index]
+        position = index % n
+        s = 0 if position < 60 else 1 if position < 97 else 2
+        window = position - (0, 60, 97)[s]
+        first = BASES[s] + window * strides[s]
+        assert inputs.tolist() == list(range(first, first + max_length))
+        assert targets.tolist() == list(range(first + 1, first + max_length + 1))
+        seen = max(0, max_length - strides[s]) if window else 0
+        assert weights.tolist() == [0.0] * seen + [1.0] * (max_length - seen) and int(source) == s
+    for index in (n, -n - 1):
+        with pytest.raises(IndexError, match="out of range"):
+            dataset[index]

@@ -197,6 +197,10 @@ class MixtureWindows:
         return int(self.offsets[-1])
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        index, n = _checks.index("index", index), len(self)
+        if not -n <= index < n:
+            raise IndexError(f"window index {index} is out of range for the mixture's {n} windows")
+        index %= n  # -1 is the last source's last window, not the first source's
         source = self.source_of(np.array([index]))[0]
         return self.sources[source][int(index - self.offsets[source])]
 

@@ -106,7 +106,7 @@ class GPTDatasetV1(Dataset):
         index = np.array([index % len(self)])
         _, extras, _ = self._finish(index, self.windows.gather_rows(index), None)
         item = (torch.from_numpy(inputs.astype(np.int64)), torch.from_numpy(targets.astype(np.int64)))
-        return item + tuple(torch.from_numpy(extra[0]) for extra in extras)
+        return item + tuple(torch.as_tensor(extra[0]) for extra in extras)  # a source id is a scalar
 
     def __getitems__(self, indices) -> list | _BatchGroup:
         """Torch's batched-fetch hook. From a plain `DataLoader`'s sampler (a list of indices)
