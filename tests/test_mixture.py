@@ -575,3 +575,17 @@ def test_a_mixture_datasets_item_is_the_window_its_index_names_negative_ones_inc
     for index in (n, -n - 1):
         with pytest.raises(IndexError, match="out of range"):
             dataset[index]
+
+
+def test_a_source_whose_stride_is_past_int64_serves_its_one_window():
+    """A stride beyond its tokens gives one window, whatever its size (2**64 did not fit the
+    joined view's int64 arithmetic)."""
+    from windowloader.mixture import MixtureWindows
+    from windowloader.windows import TokenWindows
+
+    sources = [
+        TokenWindows(np.arange(0, 9), max_length=4, stride=2**64),
+        TokenWindows(np.arange(100, 109), max_length=4, stride=4),
+    ]
+    windows = MixtureWindows(sources, ("web", "code"))
+    assert windows.gather_rows([1, 0, 2]).tolist() == [list(range(100, 105)), list(range(5)), list(range(104, 109))]

@@ -338,7 +338,8 @@ def _joined_rows(sources: list[TokenWindows], offsets: np.ndarray) -> _JoinedRow
         view = as_strided(tokens[low], (span - width + 1, width), (dtype.itemsize,) * 2, writeable=False)
     except ValueError:  # a span over numpy's largest array (2**63 bytes)
         return None
-    strides = np.array([source.stride for source in sources], dtype=np.int64)
+    # A stride past the tokens (one window, whose row needs none) may not fit int64.
+    strides = np.array([min(source.stride, len(t)) for source, t in zip(sources, tokens)], dtype=np.int64)
     joined = _JoinedRows(view, strides, np.array(first_rows, dtype=np.int64) - offsets[:-1] * strides, offsets[1:-1])
     for source, offset in zip(sources, offsets.tolist()):
         ends = np.array([0, len(source) - 1])
