@@ -513,7 +513,7 @@ class MixtureOrder:
 
 def _distinct_rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`np.unique(counts, axis=0, return_inverse=True)`, ~10x faster for a few columns (it
-    sorts the rows as one structured key)."""
+    sorts the rows with one lexsort and compares each with the next)."""
     order = np.lexsort(counts.T[::-1])
     ordered = counts[order]
     new = np.ones(len(counts), dtype=bool)
