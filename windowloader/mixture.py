@@ -36,8 +36,11 @@ from windowloader.windows import TokenWindows
 
 FORMAT = "windowloader-mixture/1"
 # Batches computed in one vectorized pass (their windows, every source's): a 16-window batch
-# alone would spend more on numpy's per-call overhead than on its ids.
+# alone would spend more on numpy's per-call overhead than on its ids. A block also spans at
+# most ~_BLOCK_EPOCHS epochs of any source: each costs a permutation's set-up (~0.3 ms), and a
+# source of a few windows would otherwise start thousands of them per block.
 _BLOCK_WINDOWS = 1 << 16
+_BLOCK_EPOCHS = 64
 # Rows that `MixtureWindows.read` locates in one pass, in bytes of the tokens' dtype.
 _READ_BYTES = 1 << 20
 
@@ -384,7 +387,6 @@ class MixtureOrder:
         per_rank = self.batch_size // self.world_size
         self._columns = slice(self.rank * per_rank, (self.rank + 1) * per_rank)  # this rank's rows
         self._patterns: dict[tuple[int, ...], np.ndarray] = {}
-        self._steps_per_block = max(1, _BLOCK_WINDOWS // self.batch_size)
         self.seed = int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else seed
         self.stages = stages
 
@@ -406,9 +408,20 @@ class MixtureOrder:
     def stages(self, stages) -> None:
         self._stages = check_stages(stages, self.names)
         self.allocation = Allocation([(step, batch_shares(w, self.batch_size)) for step, w in self._stages])
+        self._steps_per_block = self._block_steps()
         self._cached = None
         finishes = [step for step in self.first_epoch_ends() if step is not None]
         self._len = min(finishes)
+
+    def _block_steps(self) -> int:
+        """Steps per block: `_BLOCK_WINDOWS` windows, fewer if a source would serve more than
+        `_BLOCK_EPOCHS` epochs in them at its largest share."""
+        steps = _BLOCK_WINDOWS // self.batch_size
+        for source, n in enumerate(self.sizes):
+            share = max(weights[source] for _, weights in self._stages)
+            if share > 0:
+                steps = min(steps, int(_BLOCK_EPOCHS * n / (share * self.batch_size)))
+        return max(1, steps)
 
     def first_epoch_ends(self) -> list[int | None]:
         """For each source, the step after which it has served its whole first epoch (None if
@@ -444,8 +457,9 @@ class MixtureOrder:
         step = _checks.non_negative_int("start", start)
         while True:
             first = step - step % self._steps_per_block
-            yield from self._block(first)[step - first :, self._columns]
-            step = first + self._steps_per_block
+            block = self._block(first)
+            yield from block[step - first :, self._columns]
+            step = first + len(block)
 
     def _check_epoch(self, epoch: int) -> None:
         if epoch != 0:
