@@ -24,7 +24,7 @@ import numpy as np
 from windowloader.adapters.jax import create_dataloader, create_dataset
 
 STEPS = 300
-ROUNDS = 7
+ROUNDS = 15
 WIDTH = 256
 
 
@@ -37,7 +37,7 @@ def step(inputs, weights):
 
 
 def seconds_per_step(next_batch, weights) -> float:
-    for _ in range(10):  # compile; the loader sees a busy loop and starts its thread
+    for _ in range(100):  # compile; the loader sees a busy loop and starts its thread (after 4 chunks of 16)
         step(next_batch(), weights).block_until_ready()
     start = time.perf_counter()
     for _ in range(STEPS):

@@ -282,10 +282,9 @@ def test_prefetch_0_is_synchronous_and_serves_the_same_batches():
 
 
 def test_a_loop_that_only_fetches_batches_builds_them_itself_without_a_thread():
-    loader = create_dataloader(dataset(), batch_size=4, seed=3)  # the defaults: prefetch=2
-    for _ in range(3):  # 27 batches
-        for _ in loader:
-            assert not prefetch_threads()
+    loader = create_dataloader(long_dataset(), batch_size=4, seed=3)  # the defaults: prefetch=2
+    for _ in loader:  # 149 batches
+        assert not prefetch_threads()
 
 
 def _record_builders(data):
