@@ -178,9 +178,6 @@ class ShardedBatches:
             split = dtype if transfer == "rows" else None
             self.unstack = _unstacker(self.chunk, split, (batch,) * self.chunk)
 
-    def __call__(self, epoch: int, step: int) -> tuple[jax.Array, ...]:
-        return self.build([self.order.global_batch(epoch, step)])[0]
-
     def _chunk_size(self, transfer: str, row_dtype: np.dtype) -> int:
         """Batches per transfer: as many as `_CHUNK_BYTES` of this process's host arrays hold."""
         width = self.windows.max_length
@@ -194,7 +191,7 @@ class ShardedBatches:
         if len(chunk) < self.chunk:  # chunk == 1, or an epoch's last few: one at a time, unpadded
             return [self.to_device(self.host_rows(windows)) for windows in chunk]
         arrays = self._put_parts(self.host_chunk(chunk), self.stacked, (self.chunk,))
-        return list(self.unstack(arrays)[: len(chunk)])
+        return list(self.unstack(arrays))
 
     def host_rows(self, windows: np.ndarray) -> list[np.ndarray]:
         """This process's rows of the batch as the numpy arrays to move, padded when it is partial."""
