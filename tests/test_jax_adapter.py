@@ -597,3 +597,21 @@ def test_batches_moved_sixteen_at_a_time_are_the_reference_batches(transfer, mes
         assert np.asarray(targets).tolist() == [windows[i][1] for i in rows] + [[0] * MAX_LENGTH] * padding
         assert np.asarray(weights).tolist() == [reference_weights(i) for i in rows] + [[0.0] * MAX_LENGTH] * padding
         assert np.asarray(mask).tolist() == [True] * len(rows) + [False] * padding
+
+
+def test_a_state_taken_mid_chunk_resumes_with_the_very_next_batch():
+    """20 batches handed out: one chunk of 16 and 4 of the next (built whole); the state says 20."""
+    data = long_dataset()
+    loader = create_dataloader(data, batch_size=4, seed=9)
+    iterator = iter(loader)
+    for _ in range(20):
+        next(iterator)
+    state = loader.state_dict()
+    iterator.close()
+    assert state["step"] == 20
+    resumed = create_dataloader(long_dataset(), batch_size=4, seed=0)
+    resumed.load_state_dict(state)
+    tokens = np.arange(3_000) * 7919 % 50257
+    windows = reference_windows(tokens, MAX_LENGTH, STRIDE)
+    want = reference_permutation(len(windows), 9, 0)[80:84]
+    assert as_lists(next(iter(resumed))) == [[windows[i][0] for i in want], [windows[i][1] for i in want]]
