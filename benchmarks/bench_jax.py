@@ -108,6 +108,7 @@ def loaders_for(tokens, config, devices, *, with_grain: bool) -> dict:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
     from numpy.lib.stride_tricks import sliding_window_view
 
+    from bench_device import forever  # worker() put this folder on the path
     from windowloader.adapters.jax import create_dataloader, create_dataset
 
     max_length, stride, batch = config
@@ -125,13 +126,9 @@ def loaders_for(tokens, config, devices, *, with_grain: bool) -> dict:
                 window = rows[order[start : start + batch]].astype(np.int32)
                 yield jax.device_put((window[:, :-1], window[:, 1:]), sharding)
 
-    def epochs(loader):
-        while True:  # each iteration of the loader is the rest of one epoch
-            yield from loader
-
     loaders = {
-        "ours": lambda: epochs(ours),
-        "ours prefetch=0": lambda: epochs(synchronous),
+        "ours": lambda: forever(ours),
+        "ours prefetch=0": lambda: forever(synchronous),
         "baseline": baseline,
     }
     if with_grain:

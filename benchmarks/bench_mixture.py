@@ -21,6 +21,7 @@ import platform
 import time
 
 import numpy as np
+from bench_device import forever  # this folder is on the path when a script runs
 
 import windowloader as wl
 
@@ -55,7 +56,7 @@ def loaders(adapter, max_length: int, stride: int, batch_size: int, wide_last: b
 
 
 def batches_per_second(loader, batches: int) -> float:
-    iterator = endless(loader)
+    iterator = forever(loader)  # a single dataset's epoch may be shorter than a round
     next(iterator)  # the first batch (and a prefetch thread's start) is not steady state
     start = time.perf_counter()
     last = None
@@ -64,13 +65,6 @@ def batches_per_second(loader, batches: int) -> float:
     if hasattr(last[0], "block_until_ready"):
         last[0].block_until_ready()
     return batches / (time.perf_counter() - start)
-
-
-def endless(loader):
-    """The loader's batches epoch after epoch: a single dataset's epoch may be shorter than a
-    round, a mixture's iteration never ends."""
-    while True:
-        yield from loader
 
 
 def compare(name: str, single, mixture, batches: int) -> None:

@@ -51,6 +51,17 @@ def batch_parts(dataset_type: str, return_weights, return_segments) -> tuple[boo
     return parts[0], parts[1]
 
 
+def dataset_from_arguments(
+    dataset_type: str, *, return_weights, return_segments, **arguments
+) -> tuple[TokenWindows | PackedRows, bool, bool]:
+    """`create_dataset`'s work in either adapter: `(windows, return_weights, return_segments)`,
+    the dataset type and the parts checked before any tokenizing."""
+    check_dataset_type(dataset_type)
+    return_weights, return_segments = batch_parts(dataset_type, return_weights, return_segments)
+    windows = windows_from_arguments(dataset_type, return_segments=return_segments, **arguments)
+    return windows, return_weights, return_segments
+
+
 def windows_from_arguments(
     dataset_type: str = "gpt_v1",
     *,

@@ -35,7 +35,7 @@ from windowloader import _checks
 from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder
 from windowloader.order import BatchOrder
 from windowloader.packing import PackedRows
-from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments
+from windowloader.source import dataset_from_arguments
 from windowloader.state import Cursor
 from windowloader.windows import TokenWindows
 
@@ -47,8 +47,9 @@ _VOTES = 3
 # The longest close() waits for a build in progress, so that Ctrl-C stops a loop within a second.
 _JOIN_S = 0.5
 TRANSFERS = ("arrays", "rows")
-# Host bytes of batches that travel together (see `ShardedBatches`), and at most this many: a
-# jitted cut with more outputs takes longer to compile than it saves.
+# Host bytes of batches that travel together (see `ShardedBatches`), and at most this many:
+# compiling the cut grows with its outputs (measured here: 0.4 s for 16 (16, 1025) batches,
+# 0.8 s for 32) while the dispatch it saves shrinks (27 µs a batch at 16, 19 at 32, 24 at 64).
 _CHUNK_BYTES = 1 << 20
 _MAX_CHUNK = 16
 
@@ -98,18 +99,16 @@ def create_dataset(
         >>> len(create_dataset("gpt_v1", tokens=list(range(1, 15)), max_length=4, stride=2))
         5
     """
-    check_dataset_type(dataset_type)
-    # Before the tokenizing, not after.
-    return_weights, return_segments = batch_parts(dataset_type, return_weights, return_segments)
-    windows = windows_from_arguments(
+    windows, return_weights, return_segments = dataset_from_arguments(
         dataset_type,
+        return_weights=return_weights,
+        return_segments=return_segments,
         txt=txt,
         tokenizer=tokenizer,
         tokens=tokens,
         max_length=max_length,
         stride=stride,
         doc_starts=doc_starts,
-        return_segments=return_segments,
     )
     return WindowDataset(windows, return_weights=return_weights, return_segments=return_segments)
 
@@ -129,9 +128,9 @@ class ShardedBatches:
     for gpt2 instead of 8), and a jitted split on the devices cuts and casts inputs and targets.
 
     Small batches travel `chunk` at a time: each part of consecutive batches stacked, one
-    transfer, and one jitted call that cuts them into batches on the devices. A transfer and a
-    jitted call each cost ~50-150 µs of dispatch here whatever their size, more than copying a
-    (16, 1025) batch; a chunk holds up to `_CHUNK_BYTES` of host arrays.
+    transfer, and one jitted call that cuts them into batches on the devices. A transfer costs
+    ~60 µs of dispatch here whatever its size (a jitted call 10-20 µs), where copying a
+    (16, 1025) batch takes ~5 µs; a chunk holds up to `_CHUNK_BYTES` of host arrays.
     """
 
     def __init__(
@@ -172,9 +171,10 @@ class ShardedBatches:
                 NamedSharding(mesh, PartitionSpec(None, data_axis, None)),
                 NamedSharding(mesh, PartitionSpec(None, data_axis)),
             )
-            wide = 1 + (transfer == "arrays") + self.return_weights + 2 * self.return_segments
+            # Per batch: inputs, targets[, weights][, segment_ids, positions], then source, mask.
+            wide = 2 + self.return_weights + 2 * self.return_segments
             narrow = self.return_source + self.with_mask
-            batch = (self.rows,) * (wide + (transfer == "rows")) + (self.mask_sharding,) * narrow
+            batch = (self.rows,) * wide + (self.mask_sharding,) * narrow
             split = dtype if transfer == "rows" else None
             self.unstack = _unstacker(self.chunk, split, (batch,) * self.chunk)
 
@@ -391,13 +391,10 @@ class _Feeder:
 
     def __iter__(self) -> Iterator[tuple[jax.Array, ...]]:
         while (batches := self._next()) is not _DONE:
-            away = 0.0
-            for batch in batches:
-                left = time.perf_counter()
-                yield batch
-                away += time.perf_counter() - left
+            handed = time.perf_counter()
+            yield from batches  # the time until the loop asks past them is its time away
             if self._depth:
-                self._adapt(away)
+                self._adapt(time.perf_counter() - handed)
 
     def _next(self):
         if self._thread is None:  # no other thread has ever run: no lock needed

@@ -34,7 +34,7 @@ from windowloader.adapters._torch_device import DeviceTransfer, check_device
 from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder, MixtureWindows, read_batches
 from windowloader.order import BatchOrder
 from windowloader.segments import cu_seqlens as _cu_seqlens
-from windowloader.source import batch_parts, check_dataset_type, windows_from_arguments, windows_from_text
+from windowloader.source import dataset_from_arguments, windows_from_text
 from windowloader.state import Cursor
 from windowloader.packing import PackedRows
 from windowloader.windows import TokenWindows, shareable_by_path
@@ -69,14 +69,6 @@ class GPTDatasetV1(Dataset):
     ) -> None:
         windows = windows_from_text(txt, tokenizer, max_length=max_length, stride=stride)
         self._set(windows, return_weights)
-
-    @classmethod
-    def from_tokens(
-        cls, tokens, *, max_length: int, stride: int, return_weights: bool = False
-    ) -> GPTDatasetV1:
-        """A dataset over token ids already made: an array, a list or an `np.memmap` (not copied)."""
-        windows = TokenWindows(tokens, max_length=max_length, stride=stride)
-        return cls.from_windows(windows, return_weights=return_weights)
 
     @classmethod
     def from_windows(
@@ -298,17 +290,16 @@ def create_dataset(
         >>> len(dataset)
         5
     """
-    check_dataset_type(dataset_type)
-    return_weights, return_segments = batch_parts(dataset_type, return_weights, return_segments)
-    windows = windows_from_arguments(
+    windows, return_weights, return_segments = dataset_from_arguments(
         dataset_type,
+        return_weights=return_weights,
+        return_segments=return_segments,
         txt=txt,
         tokenizer=tokenizer,
         tokens=tokens,
         max_length=max_length,
         stride=stride,
         doc_starts=doc_starts,
-        return_segments=return_segments,
     )
     return GPTDatasetV1.from_windows(windows, return_weights=return_weights, return_segments=return_segments)
 
