@@ -567,6 +567,28 @@ def test_cpu_devices_get_rows_in_chunks_and_arrays_for_batches_too_big_to_chunk(
     assert (big.batches.transfer, big.batches.chunk) == ("arrays", 1)
 
 
+@pytest.mark.parametrize("transfer", [None, "rows"])
+def test_batches_too_big_to_chunk_are_the_reference_batches(transfer):
+    """64 rows of 4,097 tokens: over 0.5 MB a batch, so batches travel one at a time; 67 windows,
+    drop_last=False: a whole batch, then one of 3 rows padded with zeros."""
+    width, stride = 4096, 4096
+    tokens = (np.arange(67 * stride + 1) * 7919 % 50257).astype(np.uint16)
+    windows = reference_windows(tokens, width, stride)
+    data = create_dataset(tokens=tokens, max_length=width, stride=stride)
+    loader = create_dataloader(data, batch_size=64, drop_last=False, seed=3, transfer=transfer)
+    assert (len(windows), loader.batches.chunk) == (67, 1)
+    order = reference_permutation(67, 3, 0)
+    batches = list(loader)
+    assert len(batches) == 2
+    for step, (inputs, targets, mask) in enumerate(batches):
+        rows = order[step * 64 : step * 64 + 64]
+        padding = 64 - len(rows)
+        assert inputs.shape == (64, width) and inputs.sharding.spec == PartitionSpec("data", None)
+        assert np.asarray(inputs).tolist() == [windows[i][0] for i in rows] + [[0] * width] * padding
+        assert np.asarray(targets).tolist() == [windows[i][1] for i in rows] + [[0] * width] * padding
+        assert np.asarray(mask).tolist() == [True] * len(rows) + [False] * padding
+
+
 def test_a_bad_transfer_is_refused_with_the_choices():
     with pytest.raises(ValueError) as raised:
         create_dataloader(dataset(), batch_size=4, transfer="compact")

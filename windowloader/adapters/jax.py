@@ -188,7 +188,7 @@ class ShardedBatches:
     def build(self, chunk: list[np.ndarray]) -> list[tuple[jax.Array, ...]]:
         """The device batches of consecutive global batches (window indices, every process's),
         at most `self.chunk` of them."""
-        if len(chunk) < self.chunk:  # chunk == 1, or an epoch's last few: one at a time, unpadded
+        if self.chunk == 1 or len(chunk) < self.chunk:  # big batches, or an epoch's last few: one at a time
             return [self.to_device(self.host_rows(windows)) for windows in chunk]
         arrays = self._put_parts(self.host_chunk(chunk), self.stacked, (self.chunk,))
         return list(self.unstack(arrays))
