@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import windowloader as wl
-from windowloader.cli import default_corpus
+from windowloader.cli_shared import default_corpus
 from windowloader.packing import pack
 
 LENGTHS = (1024, 2048)

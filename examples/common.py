@@ -19,7 +19,7 @@ import numpy as np
 from gpt_config import SIZES, GPTConfig, TrainConfig
 
 from windowloader import load_tokenizer
-from windowloader.cli import default_corpus
+from windowloader.cli_shared import default_corpus
 from windowloader.segments import corpus_doc_starts
 from windowloader.tokenizer import ENDOFTEXT, encode, encode_to_array
 

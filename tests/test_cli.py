@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from windowloader import cli
+from windowloader import cli, cli_shared
 
 TEXT = "Every line of this small corpus is a line of plain ASCII text.\n" * 12  # 756 bytes
 
@@ -144,7 +144,7 @@ def test_documents_are_counted_across_files(tmp_path, cache_args, capsys):
 def test_spec_defaults_on_the_embedded_corpus(cache_args, capsys, gpt2):
     code, out, err = run(["--max-length", 256, "--stride", 128, "--batch-size", 4, *cache_args], capsys)
     assert code == 0 and err == ""
-    text = cli.default_corpus()
+    text = cli_shared.default_corpus()
     n = len(gpt2.encode(text, allowed_special={"<|endoftext|>"}))
     assert number(out, "tokens") == n
     assert number(out, "windows") == len(range(0, n - 256, 128))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from reference import reference_permutation, reference_windows
 
-from windowloader.cli import default_corpus
+from windowloader.cli_shared import default_corpus
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))

@@ -179,7 +179,7 @@ if os.environ.get("TIKTOKEN_CACHE_DIR"):  # the live comparisons exist only wher
     def test_shipped_gpt2_equals_tiktoken_live(name, tiktoken_cache, monkeypatch):
         import tiktoken.registry
 
-        from windowloader.cli import default_corpus
+        from windowloader.cli_shared import default_corpus
 
         monkeypatch.delitem(tiktoken.registry.ENCODINGS, name, raising=False)  # loaded from the copy
         live = tiktoken.get_encoding(name)

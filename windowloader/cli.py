@@ -22,10 +22,19 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from windowloader import binary
-from windowloader.cache import TokenizedCorpus, resolve_cache_dir, tokenize_corpus
-from windowloader.corpus import check_paths, resolve
-from windowloader.formats import is_url
+from windowloader.cache import TokenizedCorpus
+from windowloader.cli_mix import mix
+from windowloader.cli_shared import (
+    Failure,
+    Parser,
+    add_corpus_flags,
+    inputs,
+    non_negative_int,
+    positive_int,
+    refuse_binary_files,
+    tokenize,
+)
+from windowloader.corpus import check_paths
 from windowloader.integrity import CorruptCacheError
 from windowloader.order import BatchOrder
 from windowloader.packing import PackedRows
@@ -68,57 +77,8 @@ windowloader verify CACHE.bin checks every byte of a cache against its
 checksums: status 0 when intact, 1 when not."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line and status 2, not the usage block: the line names the flag."""
-        self.exit(2, f"windowloader: error: {message}\n")
-
-
-class _Failure(Exception):
-    """A one-line error for the user, already worded for the command line."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
-    return value
-
-
-def _add_corpus_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--tokenizer", help="tiktoken name, .tiktoken file, tokenizer.json or 'bytes' (default gpt2)"
-    )
-    parser.add_argument(
-        "--cache-dir", help="token cache folder (default $WINDOWLOADER_CACHE or ~/.cache/windowloader)"
-    )
-    parser.add_argument(
-        "--text-field", default="text", help="the .jsonl field or parquet column holding the text (default text)"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--lock-timeout",
-        type=_non_negative_int,
-        default=600,
-        help="seconds to wait for another process preparing the same cache (default 600)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="windowloader",
         description=__doc__.split("\n\n")[0],
         epilog=_EPILOG,
@@ -129,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help="files, directories, globs, .jsonl, .parquet, URLs (default: CPython's language reference topics)",
     )
-    parser.add_argument("--max-length", type=_positive_int, help="tokens per window (default 256)")
-    parser.add_argument("--stride", type=_positive_int, help="tokens between window starts (default 128)")
-    parser.add_argument("--batch-size", type=_positive_int, help="windows per batch (default 4)")
+    parser.add_argument("--max-length", type=positive_int, help="tokens per window (default 256)")
+    parser.add_argument("--stride", type=positive_int, help="tokens between window starts (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, help="windows per batch (default 4)")
     parser.add_argument(
         "--preset", choices=[*PRESETS, "auto"], help="a configuration from the specification's table"
     )
@@ -141,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="shuffle each epoch (default on)",
     )
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="the shuffle's seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="the shuffle's seed (default 0)")
     parser.add_argument(
         "--drop-last",
         dest="drop_last",
@@ -158,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="who serves the batches (default torch when installed, else numpy)",
     )
     parser.add_argument(
-        "--max-batches", type=_positive_int, help="iterate this many batches, not a whole epoch"
+        "--max-batches", type=positive_int, help="iterate this many batches, not a whole epoch"
     )
     parser.add_argument(
         "--dataset",
@@ -167,17 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="gpt_v1: sliding windows (default); packed_docs: document-aligned rows, --stride apart "
         "inside long documents",
     )
-    _add_corpus_flags(parser)
+    add_corpus_flags(parser)
     return parser
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="windowloader prepare",
         description="Tokenizes INPUT into the token cache and prints the cache's path.",
     )
     parser.add_argument("input", nargs="+", help="files, directories, globs, .jsonl, .parquet, URLs (s3://...)")
-    parser.add_argument("--shards", type=_positive_int, help="write N shard files and a manifest")
+    parser.add_argument("--shards", type=positive_int, help="write N shard files and a manifest")
     parser.add_argument(
         "--shard", type=_shard, metavar="I/N", help="build shard I (0-based) of N alone, e.g. 3/64 in a job array"
     )
@@ -193,7 +153,7 @@ def build_prepare_parser() -> argparse.ArgumentParser:
         help="the Ray cluster for --engine ray (default $RAY_ADDRESS, a cluster on this machine, or a new "
         "local one; 'local' always starts a new one)",
     )
-    _add_corpus_flags(parser)
+    add_corpus_flags(parser)
     return parser
 
 
@@ -209,19 +169,12 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_verify_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="windowloader verify",
         description="Checks every byte of a token cache against its checksums: status 0 if intact, 1 if not.",
     )
     parser.add_argument("cache", help="the cache's .bin (or its .json)")
     return parser
-
-
-def default_corpus() -> str:
-    """CPython's language reference topics (~465 KB of English), documents joined by <|endoftext|>."""
-    from pydoc_data.topics import topics
-
-    return "<|endoftext|>".join(topics[name] for name in sorted(topics))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `windowloader ... | head` stopped reading: nothing left to say
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's last flush does not fail too
         return 1
-    except (_Failure, OSError, ValueError, TypeError, ImportError, RuntimeError) as error:
+    except (Failure, OSError, ValueError, TypeError, ImportError, RuntimeError) as error:
         print(f"windowloader: error: {error}", file=sys.stderr)
         return 2
     except MemoryError:
@@ -250,8 +203,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if argv and argv[0] == "mix":
-        from windowloader.cli_mix import mix  # it imports this module
-
         return mix(argv[1:])
     if argv and argv[0] == "verify":
         return _verify(build_verify_parser().parse_args(argv[1:]).cache)
@@ -259,12 +210,12 @@ def _main(argv: list[str]) -> int:
     args = (build_prepare_parser() if prepare else build_parser()).parse_args(argv[1:] if prepare else argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        paths = [source for source in _inputs(args) if isinstance(source, Path)]
+        paths = [source for source in inputs(args) if isinstance(source, Path)]
         check_paths(paths)
         framework = None if prepare else _framework(args.framework)
-        _refuse_binary_files(paths)
+        refuse_binary_files(paths)
         tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships: no download
-        corpus = _tokenize(args, tokenizer)
+        corpus = tokenize(args, tokenizer)
     for warning in caught:
         print(f"windowloader: warning: {warning.message}", file=sys.stderr)
     if prepare:
@@ -297,61 +248,13 @@ def _framework(name: str | None) -> str:
         try:
             importlib.import_module(f"windowloader.adapters.{name}")
         except ImportError as error:
-            raise _Failure(f"--framework {name}: {error}") from None
+            raise Failure(f"--framework {name}: {error}") from None
     return name
-
-
-def _refuse_binary_files(paths: list[Path]) -> None:
-    """A file named on the command line that is not text stops the command before any work.
-    (Binary files in a folder or a glob are skipped while reading, with one warning.)"""
-    for path in paths:
-        if path.is_file():
-            [source] = resolve([path])
-            if reason := binary.binary_reason(source):
-                raise _Failure(f"input {str(path)!r} is not text ({reason}): pass text or .jsonl files")
-
-
-def _tokenize(args: argparse.Namespace, tokenizer) -> TokenizedCorpus | None:
-    sources = _inputs(args) or default_corpus()
-    try:
-        cache_dir = resolve_cache_dir(args.cache_dir)
-    except ValueError as error:  # worded for Python's cache_dir=; the command's flag is --cache-dir
-        raise _Failure(f"--cache-dir{str(error).removeprefix('cache_dir')}") from None
-    return tokenize_corpus(
-        sources,
-        tokenizer,
-        cache_dir=cache_dir,
-        text_field=args.text_field,
-        progress=False if args.quiet else None,
-        lock_timeout=args.lock_timeout,
-        **_sharding(args),
-    )
-
-
-def _sharding(args: argparse.Namespace) -> dict:
-    """`tokenize_corpus`'s shards/shard arguments from `prepare --shards N --shard I/N`."""
-    shards, shard = getattr(args, "shards", None), getattr(args, "shard", None)
-    if getattr(args, "engine", "local") == "ray":
-        if shards is None or shard is not None:
-            raise _Failure("--engine ray builds every shard: pass --shards N (and no --shard)")
-        if args.ray_address:
-            os.environ["RAY_ADDRESS"] = args.ray_address  # what ray.init reads when given no address
-        return {"shards": shards, "engine": "ray"}
-    if shard is None:
-        return {} if shards is None else {"shards": shards}
-    if shards is not None and shards != shard[1]:
-        raise _Failure(f"--shard {shard[0]}/{shard[1]} is one of {shard[1]} shards, but --shards is {shards}")
-    return {"shard": shard[0], "shards": shard[1]}
 
 
 def _waiting(args: argparse.Namespace) -> str:
     index, count = args.shard
     return f"shard {index}/{count} is built; the manifest appears when all {count} shards are"
-
-
-def _inputs(args: argparse.Namespace) -> list[Path | str]:
-    """The INPUT arguments: URLs stay strings (a Path would fold `s3://` into `s3:/`), the rest are paths."""
-    return [name if is_url(name) else Path(name) for name in args.input or ()]
 
 
 @dataclass(frozen=True)
@@ -380,7 +283,7 @@ def _config(args: argparse.Namespace, n_tokens: int) -> _Config:
 def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer, framework: str) -> None:
     config = _config(args, len(corpus))
     if len(corpus) < config.max_length + 1:
-        raise _Failure(
+        raise Failure(
             f"the corpus has {len(corpus):,} tokens, shorter than one window (--max-length + 1 = "
             f"{config.max_length + 1:,}{_via(config, 'max_length')}): pass a smaller --max-length or more text"
         )
@@ -393,7 +296,7 @@ def _plan(args: argparse.Namespace, corpus: TokenizedCorpus, tokenizer, framewor
         # Dropped, the last partial batch leaves none; JAX pads it to batch_size rows, mostly padding.
         why = "--drop-last would leave no batch" if args.drop_last else "--framework jax pads the last batch to --batch-size rows"
         keep = "pass --keep-last or " if args.drop_last and framework != "jax" else "pass "
-        raise _Failure(
+        raise Failure(
             f"--batch-size {config.batch_size:,}{_via(config, 'batch_size')} is more than the "
             f"{_count(len(windows), 'window')} of this corpus (--max-length {config.max_length}, "
             f"--stride {config.stride}), so {why}: {keep}a --batch-size of at most {len(windows):,}"

@@ -12,14 +12,14 @@ import sys
 import warnings
 from pathlib import Path
 
-from windowloader.cli import (
-    _add_corpus_flags,
-    _Failure,
-    _inputs,
-    _Parser,
-    _positive_int,
-    _refuse_binary_files,
-    _tokenize,
+from windowloader.cli_shared import (
+    Failure,
+    Parser,
+    add_corpus_flags,
+    inputs,
+    positive_int,
+    refuse_binary_files,
+    tokenize,
 )
 from windowloader.corpus import check_paths
 from windowloader.mixture import MixtureOrder, check_stages
@@ -29,7 +29,7 @@ STEPS = 10_000  # the span over which each source's epochs are counted
 
 
 def build_mix_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="windowloader mix",
         description="Plans a mixture: per source its tokens, windows, share, epochs per 10^4 steps "
         "and the step at which it finishes its first epoch.",
@@ -43,10 +43,10 @@ def build_mix_parser() -> argparse.ArgumentParser:
         metavar="STEP:W,...",
         help="new weights from global step STEP on (repeat for more stages)",
     )
-    parser.add_argument("--max-length", type=_positive_int, default=256, help="tokens a window (default 256)")
-    parser.add_argument("--stride", type=_positive_int, default=128, help="window to window (default 128)")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, help="global batch size (default 4)")
-    _add_corpus_flags(parser)
+    parser.add_argument("--max-length", type=positive_int, default=256, help="tokens a window (default 256)")
+    parser.add_argument("--stride", type=positive_int, default=128, help="window to window (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=4, help="global batch size (default 4)")
+    add_corpus_flags(parser)
     return parser
 
 
@@ -56,16 +56,16 @@ def mix(argv: list[str]) -> int:
     weights = _weights("--weights", args.weights, len(sources)) if args.weights else None
     schedule = [_stage(text, len(sources)) for text in args.schedule]
     args.input = list(sources.values())
-    paths = [source for source in _inputs(args) if isinstance(source, Path)]
+    paths = [source for source in inputs(args) if isinstance(source, Path)]
     check_paths(paths)  # before the tokenizer
-    _refuse_binary_files(paths)
+    refuse_binary_files(paths)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tokenizer = load_tokenizer(args.tokenizer or "gpt2")  # gpt2 ships: no download
         corpora = {}
         for name, text in sources.items():
             args.input = [text]
-            corpora[name] = _tokenize(args, tokenizer)
+            corpora[name] = tokenize(args, tokenizer)
     for warning in caught:
         print(f"windowloader: warning: {warning.message}", file=sys.stderr)
     sizes = [_windows(name, corpus, args) for name, corpus in corpora.items()]
@@ -81,9 +81,9 @@ def _sources(texts: list[str]) -> dict[str, str]:
     for text in texts:
         name, equals, path = text.partition("=")
         if not equals or not name or not path:
-            raise _Failure(f"source {text!r} must be NAME=INPUT, e.g. web=data/web/")
+            raise Failure(f"source {text!r} must be NAME=INPUT, e.g. web=data/web/")
         if name in sources:
-            raise _Failure(f"source name {name!r} is given twice: name each source once")
+            raise Failure(f"source name {name!r} is given twice: name each source once")
         sources[name] = path
     return sources
 
@@ -92,23 +92,23 @@ def _weights(flag: str, text: str, count: int) -> list[float]:
     try:
         weights = [float(part) for part in text.split(",")]
     except ValueError:
-        raise _Failure(f"{flag} must be {count} comma-separated numbers, got {text!r}") from None
+        raise Failure(f"{flag} must be {count} comma-separated numbers, got {text!r}") from None
     if len(weights) != count:
-        raise _Failure(f"{flag} has {len(weights)} weights for {count} sources: one per source, in order")
+        raise Failure(f"{flag} has {len(weights)} weights for {count} sources: one per source, in order")
     return weights
 
 
 def _stage(text: str, count: int) -> tuple[int, list[float]]:
     step, colon, weights = text.partition(":")
     if not colon or not step.isdigit() or int(step) == 0:
-        raise _Failure(f"--schedule {text!r} must be STEP:W,... with STEP >= 1, e.g. 1000:0.5,0.5")
+        raise Failure(f"--schedule {text!r} must be STEP:W,... with STEP >= 1, e.g. 1000:0.5,0.5")
     return int(step), _weights("--schedule", weights, count)
 
 
 def _windows(name: str, corpus, args: argparse.Namespace) -> int:
     needed = args.max_length + 1
     if len(corpus) < needed:
-        raise _Failure(
+        raise Failure(
             f"source {name} has {len(corpus):,} tokens, shorter than one window (max_length + 1 = "
             f"{needed:,}): pass a smaller --max-length or more text"
         )
