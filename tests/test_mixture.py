@@ -160,6 +160,29 @@ def test_without_shuffle_each_source_serves_its_windows_in_order_epoch_after_epo
         assert per_source[s] == [i % n for i in range(len(per_source[s]))]
 
 
+def test_shuffled_each_source_serves_its_keyed_epochs_in_turn_across_many_epochs():
+    """Sources of 7, 5 and 3 windows span 3 to 8 source-epochs in 12 batches: each serves
+    epoch e as the keyed permutation of (its key, e), the key a hash of (seed, name)."""
+    import hashlib
+
+    from reference import reference_window_at
+
+    def key(seed, name):
+        digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8, person=b"wl-mixture").digest()
+        return int.from_bytes(digest, "little") >> 1
+
+    mixture = make_mixture(wl_torch, sizes=(7, 5, 3))
+    loader = wl_torch.create_dataloader(mixture, batch_size=10, seed=7)
+    per_source = [[], [], []]
+    for tokens, _ in global_batches(loader, 12):
+        sources, ids = decode(tokens, (2, 3, 4))
+        for s in range(3):
+            per_source[s] += ids[sources == s].tolist()
+    for s, (name, n) in enumerate(zip(NAMES, (7, 5, 3))):
+        expected = [reference_window_at(n, key(7, name), p // n)(p % n) for p in range(len(per_source[s]))]
+        assert per_source[s] == expected and len(expected) >= 3 * n
+
+
 def test_len_is_the_step_the_first_source_ends_its_first_epoch_and_iteration_goes_on():
     mixture = make_mixture(wl_torch, sizes=(90, 40, 50), schedule=[(3, (0.2, 0.2, 0.6))])
     loader = wl_torch.create_dataloader(mixture, batch_size=10, seed=1, return_source=True)

@@ -5,7 +5,7 @@ import pytest
 from reference import reference_permutation, reference_window_at
 
 from windowloader import BatchOrder
-from windowloader.permutation import KeyedPermutation
+from windowloader.permutation import KeyedPermutation, stream
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**40 + 7])
@@ -21,6 +21,18 @@ def test_every_size_up_to_5000_is_a_permutation(seed):
 @pytest.mark.parametrize("seed, epoch", [(0, 0), (5, 1), (2**70, 2**33)])
 def test_the_order_is_the_definition_computed_in_plain_python(n, seed, epoch):
     assert KeyedPermutation(n, seed, epoch)(np.arange(n)).tolist() == reference_permutation(n, seed, epoch)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("start, stop", [(0, 1), (0, 250), (5, 6), (13, 13), (97, 431)])
+def test_a_stream_of_epochs_is_each_epochs_order_in_turn(n, start, stop):
+    """Position p of the stream is window p % n of epoch p // n: spans inside one epoch and
+    across many (a 1-window permutation has one epoch per position)."""
+    seed = 2**40 + 3
+    expected = [reference_window_at(n, seed, p // n)(p % n) for p in range(start, stop)]
+    ids = stream(n, seed, start, stop)
+    assert ids.dtype == np.int64 and ids.tolist() == expected
+    assert stream(n, seed, start, stop, shuffle=False).tolist() == [p % n for p in range(start, stop)]
 
 
 def test_a_million_draws_at_half_a_billion_windows_are_distinct_and_in_range():

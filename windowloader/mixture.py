@@ -29,18 +29,17 @@ from itertools import accumulate, count, islice, repeat
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from windowloader import _checks
+from windowloader import _checks, permutation
 from windowloader.allocation import Allocation, batch_shares
-from windowloader.permutation import KeyedPermutation
 from windowloader.windows import TokenWindows
 
 FORMAT = "windowloader-mixture/1"
 # Batches computed in one vectorized pass (their windows, every source's): a 16-window batch
 # alone would spend more on numpy's per-call overhead than on its ids. A block also spans at
-# most ~_BLOCK_EPOCHS epochs of any source: each costs a permutation's set-up (~0.3 ms), and a
-# source of a few windows would otherwise start thousands of them per block.
+# most ~_BLOCK_EPOCHS epochs of any source: each costs its round keys (a hash, ~2 us), and a
+# source of one window serves an epoch per row.
 _BLOCK_WINDOWS = 1 << 16
-_BLOCK_EPOCHS = 64
+_BLOCK_EPOCHS = 4096
 # Rows that `MixtureWindows.read` locates in one pass, in bytes of the tokens' dtype.
 _READ_BYTES = 1 << 20
 
@@ -397,7 +396,6 @@ class MixtureOrder:
     @seed.setter
     def seed(self, seed: int) -> None:
         self._seed = _checks.non_negative_int("seed", seed)
-        self._permutations: dict[tuple[int, int], KeyedPermutation] = {}
         self._cached: tuple[int, np.ndarray] | None = None  # (first step, its block)
 
     @property
@@ -496,23 +494,9 @@ class MixtureOrder:
 
     def _stream(self, source: int, start: int, stop: int) -> np.ndarray:
         """Ids at positions `start..stop-1` of `source`'s stream (its epochs one after another)."""
-        n, offset = self.sizes[source], int(self.offsets[source])
-        ids = np.empty(stop - start, dtype=np.int64)
-        for epoch in range(start // n, (stop - 1) // n + 1) if stop > start else ():
-            first, last = max(start, epoch * n), min(stop, (epoch + 1) * n)  # of the stream
-            within = np.arange(first - epoch * n, last - epoch * n, dtype=np.int64)
-            ids[first - start : last - start] = self._permutation(source, epoch)(within)
-        ids += offset
-        return ids
-
-    def _permutation(self, source: int, epoch: int) -> KeyedPermutation:
-        key = (source, epoch)
-        if key not in self._permutations:
-            if len(self._permutations) > 64:
-                self._permutations.clear()
-            seed = source_seed(self.seed, self.names[source])
-            self._permutations[key] = KeyedPermutation(self.sizes[source], seed, epoch, shuffle=self.shuffle)
-        return self._permutations[key]
+        seed = source_seed(self.seed, self.names[source])
+        ids = permutation.stream(self.sizes[source], seed, start, stop, shuffle=self.shuffle)
+        return ids + int(self.offsets[source])
 
     def _pattern(self, counts: tuple[int, ...]) -> np.ndarray:
         """Where each row of a source-by-source batch goes: the j-th of a source's n rows sits
