@@ -602,6 +602,12 @@ def _check_data_axis(mesh: Mesh, data_axis, batch_size: int) -> str | tuple[str,
     axes = (data_axis,) if isinstance(data_axis, str) else data_axis
     if not isinstance(axes, tuple) or not axes or not all(isinstance(a, str) for a in axes):
         raise TypeError(f"data_axis must be a mesh axis name or a tuple of them, got {data_axis!r}")
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    if repeated:
+        raise ValueError(
+            f"data_axis={data_axis!r} names {repeated} more than once: name each mesh axis once, "
+            f"e.g. data_axis={tuple(dict.fromkeys(axes))!r}"
+        )
     missing = [a for a in axes if a not in mesh.axis_names]
     if missing:
         raise ValueError(
