@@ -639,3 +639,24 @@ def test_a_state_taken_mid_chunk_resumes_with_the_very_next_batch():
     windows = reference_windows(tokens, MAX_LENGTH, STRIDE)
     want = reference_permutation(len(windows), 9, 0)[80:84]
     assert as_lists(next(iter(resumed))) == [[windows[i][0] for i in want], [windows[i][1] for i in want]]
+
+
+def test_an_error_computing_the_order_in_the_prefetch_thread_is_raised_in_the_loop(no_leaked_threads):
+    """The thread also takes the next batches' window indices; if computing them fails there, the
+    loop must raise, not end the epoch early as if it were over."""
+    loader = create_dataloader(long_dataset(), batch_size=4, seed=0, prefetch=2)
+    real_batches, fails_at = loader.cursor.order.batches, 8 * CHUNK
+
+    def batches(epoch, start=0):
+        for step, windows in enumerate(real_batches(epoch, start), start):
+            if step == fails_at:
+                raise RuntimeError("order on fire")
+            yield windows
+
+    loader.cursor.order.batches = batches
+    served = 0
+    with pytest.raises(RuntimeError, match="order on fire") as raised:
+        for _ in busy(loader):
+            served += 1
+    assert served == fails_at == loader.state_dict()["step"]
+    assert "_fill" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]

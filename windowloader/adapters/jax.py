@@ -456,13 +456,16 @@ class _Feeder:
                     self._lock.wait()
                 if self._stopped:
                     return
-                chunk = next(self._work, None)
+                try:
+                    chunk = next(self._work, None)
+                except BaseException as error:  # noqa: BLE001 - the order's: the consumer must see it,
+                    chunk = _Failure(error)  # not an exhausted `work` that ends the epoch early
                 if chunk is None:
                     return
                 number = self._claimed
                 self._claimed += 1
             try:
-                item = self._timed_build(chunk)
+                item = chunk if isinstance(chunk, _Failure) else self._timed_build(chunk)
             except BaseException as error:  # noqa: BLE001 - handed to the consumer, which re-raises it
                 item = _Failure(error)
             with self._lock:
