@@ -183,6 +183,64 @@ def test_shuffled_each_source_serves_its_keyed_epochs_in_turn_across_many_epochs
         assert per_source[s] == expected and len(expected) >= 3 * n
 
 
+def documents(s, docs):
+    """`docs` documents of 1 to 11 tokens, each opening with 0, then ids of source s's own range
+    (so a row's tokens tell its source): (tokens, starts)."""
+    rng = np.random.default_rng(s)
+    tokens, starts = [], []
+    for _ in range(docs):
+        starts.append(len(tokens))
+        tokens += [0, *(BASES[s] + rng.integers(1, 1000, rng.integers(0, 11))).tolist()]
+    return np.array(tokens, dtype=np.uint32), starts
+
+
+@pytest.mark.parametrize("adapter_name", ["torch", "jax"])
+def test_packed_docs_sources_serve_their_rows_in_their_keyed_order(adapter_name):
+    """Two packed_docs sources (25 and 12 documents) and a gpt_v1 one with weights and segments,
+    mixed for 15 batches of 12: each served row is, with its weights and segments, its source's
+    row at the next position of the source's keyed order."""
+    import hashlib
+
+    from reference import reference_window_at
+
+    from windowloader.adapters import jax as wl_jax
+
+    adapter = wl_torch if adapter_name == "torch" else wl_jax
+    (web, web_starts), (code, code_starts), (books, books_starts) = (documents(s, n) for s, n in enumerate((60, 25, 12)))
+    sources = {
+        "web": adapter.create_dataset(
+            tokens=web, doc_starts=web_starts, max_length=8, stride=8, return_weights=True, return_segments=True
+        ),
+        "code": adapter.create_dataset("packed_docs", tokens=code, doc_starts=code_starts, max_length=8, stride=8),
+        "books": adapter.create_dataset("packed_docs", tokens=books, doc_starts=books_starts, max_length=8, stride=8),
+    }
+    loader = adapter.create_dataloader(Mixture(sources, weights=WEIGHTS), batch_size=12, seed=7, return_source=True)
+    iterator = iter(loader)
+    batches = [next(iterator) for _ in range(15)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    resumed = adapter.create_dataloader(Mixture(sources, weights=WEIGHTS), batch_size=12, seed=0, return_source=True)
+    resumed.load_state_dict(state)
+    assert all(np.array_equal(a, b) for a, b in zip(next(iter(resumed)), next(iterator)))  # the very next batch
+    served = {name: [] for name in NAMES}
+    for batch in batches:
+        parts = [np.asarray(part) for part in batch]
+        for r, s in enumerate(parts[-1].tolist()):
+            served[NAMES[s]].append([part[r] for part in parts[:-1]])
+    for name, rows in served.items():
+        windows = sources[name].windows
+        digest = hashlib.blake2b(f"7:{name}".encode(), digest_size=8, person=b"wl-mixture").digest()
+        key, n = int.from_bytes(digest, "little") >> 1, len(windows)
+        order = [reference_window_at(n, key, p // n)(p % n) for p in range(len(rows))]
+        expected = zip(windows.gather_rows(order), windows.weights(order), *windows.segments(order))
+        for (inputs, targets, weights, segment_ids, positions), (row, *extras) in zip(rows, expected):
+            assert inputs.tolist() == row[:-1].tolist() and targets.tolist() == row[1:].tolist()
+            assert [weights.tolist(), segment_ids.tolist(), positions.tolist()] == [e.tolist() for e in extras]
+        assert len(rows) > n  # every source past its first epoch
+        base = BASES[NAMES.index(name)]
+        tokens = np.concatenate([inputs for inputs, *_ in rows])
+        assert ((tokens == 0) | ((tokens > base) & (tokens < base + 1000))).all()  # its own ids only
+
+
 def test_len_is_the_step_the_first_source_ends_its_first_epoch_and_iteration_goes_on():
     mixture = make_mixture(wl_torch, sizes=(90, 40, 50), schedule=[(3, (0.2, 0.2, 0.6))])
     loader = wl_torch.create_dataloader(mixture, batch_size=10, seed=1, return_source=True)

@@ -31,6 +31,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from windowloader import _checks, permutation
 from windowloader.allocation import Allocation, batch_shares
+from windowloader.packing import PackedRows
 from windowloader.windows import TokenWindows
 
 FORMAT = "windowloader-mixture/1"
@@ -118,7 +119,8 @@ def _named_datasets(datasets, names) -> tuple[tuple[str, ...], tuple]:
     if len(set(names)) != len(names):
         raise ValueError(f"source names must be distinct, got {names}")
     kinds = {type(d) for d in datasets}
-    if len(kinds) != 1 or not all(isinstance(getattr(d, "windows", None), TokenWindows) for d in datasets):
+    rows = (TokenWindows, PackedRows)  # gpt_v1 and packed_docs sources may mix
+    if len(kinds) != 1 or not all(isinstance(getattr(d, "windows", None), rows) for d in datasets):
         raise TypeError(
             f"every dataset of a mixture must come from the same adapter's create_dataset, got "
             f"{sorted(k.__name__ for k in kinds)}"
@@ -179,15 +181,16 @@ def _normalized(weights, names: tuple[str, ...]) -> tuple[float, ...]:
 
 
 class MixtureWindows:
-    """The windows of several sources under one id space: id `offsets[s] + i` is window i of
-    source s. Gathers like `TokenWindows` (the adapters call the same methods).
+    """The windows (or packed rows) of several sources under one id space: id `offsets[s] + i`
+    is window i of source s. Gathers like `TokenWindows` (the adapters call the same methods).
 
-    When the sources' tokens are plain arrays or memmaps of one dtype, a batch of any sources
-    is read with one fancy index, as one source's is (see `_joined_rows`); otherwise (sharded
-    caches, mixed dtypes) source by source, several batches at a time in `read`.
+    When the sources are windows over plain arrays or memmaps of one dtype, a batch of any
+    sources is read with one fancy index, as one source's is (see `_joined_rows`); otherwise
+    (packed rows, sharded caches, mixed dtypes) source by source, several batches at a time in
+    `read`.
     """
 
-    def __init__(self, sources: list[TokenWindows], names: tuple[str, ...]) -> None:
+    def __init__(self, sources: list[TokenWindows | PackedRows], names: tuple[str, ...]) -> None:
         self.sources, self.names = list(sources), tuple(names)
         self.max_length = sources[0].max_length
         self.offsets = np.cumsum([0, *(len(s) for s in sources)], dtype=np.int64)
@@ -222,7 +225,7 @@ class MixtureWindows:
         (default: the sources' common token dtype)."""
         ids = self._checked(ids)
         if self._joined is None:
-            rows = self._by_source(ids, TokenWindows.gather_rows)
+            rows = self._by_source(ids, _rows)
         else:
             rows = self._joined.rows(ids)
         return _as_dtype(rows, self.dtype if dtype is None else dtype)
@@ -245,7 +248,7 @@ class MixtureWindows:
             ids = self._checked(np.concatenate(chunk))
             bounds = [0, *accumulate(map(len, chunk))]
             if self._joined is None:
-                rows = self._by_source(ids, TokenWindows.gather_rows)
+                rows = self._by_source(ids, _rows)
                 for batch, start, stop in zip(chunk, bounds, bounds[1:]):
                     yield batch, _as_dtype(rows[start:stop], dtype)
             else:
@@ -269,11 +272,11 @@ class MixtureWindows:
         return max(1, _READ_BYTES // max(1, batch_size * row_bytes))
 
     def weights(self, ids) -> np.ndarray:
-        """Each source's predict-once weights (`TokenWindows.weights`)."""
-        return self._by_source(ids, TokenWindows.weights)
+        """Each source's loss weights (`TokenWindows.weights`, `PackedRows.weights`)."""
+        return self._by_source(ids, lambda source, local: source.weights(local))
 
     def segments(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        """Each source's `(segment_ids, positions)` (`TokenWindows.segments`)."""
+        """Each source's `(segment_ids, positions)` (`TokenWindows.segments`, `PackedRows.segments`)."""
         both = self._by_source(ids, lambda source, local: np.stack(source.segments(local), axis=1))
         return np.ascontiguousarray(both[:, 0]), np.ascontiguousarray(both[:, 1])
 
@@ -294,6 +297,10 @@ class MixtureWindows:
         ]
         joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return joined[by_source.argsort()]
+
+
+def _rows(source: TokenWindows | PackedRows, local: np.ndarray) -> np.ndarray:
+    return source.gather_rows(local)
 
 
 def _as_dtype(rows: np.ndarray, dtype) -> np.ndarray:
@@ -325,6 +332,8 @@ def _joined_rows(sources: list[TokenWindows], offsets: np.ndarray) -> _JoinedRow
     as fast as one source's. The gaps are never read: every row served starts at a window of a
     source and ends inside it, which is checked here at each source's first and last window.
     """
+    if not all(isinstance(source, TokenWindows) for source in sources):  # packed rows are cut by a table
+        return None
     tokens = [source.tokens for source in sources]
     dtype = tokens[0].dtype
     if any(not isinstance(t, np.ndarray) or t.dtype != dtype or t.strides != (dtype.itemsize,) for t in tokens):
