@@ -14,6 +14,7 @@ if __name__ == "__main__":  # not when the test imports the constants below
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     os.environ["JAX_PLATFORMS"] = "cpu"
 
+import hashlib
 import json
 from itertools import islice
 
@@ -47,6 +48,13 @@ PACKED = ("interleaved", True, False, 5)
 MIX_NAMES, MIX_SIZES, MIX_STRIDES, MIX_MAX_LENGTH = ("web", "code", "books"), (40, 29, 23), (2, 3, 4), 5
 MIX_WEIGHTS, MIX_SCHEDULE = (0.5, 0.3, 0.2), [(5, (0.2, 0.2, 0.6))]
 MIX_BATCH, MIX_STEPS, MIX_SAVE_AT, MIX_RESUMED_STEPS = 12, 12, 4, 5
+# Batches too big to travel together (4 rows of 24,577 tokens, weights and mask: ~590 KB a
+# process, chunk 1), 13 windows: a whole batch, then one padded; rows of both processes interleaved.
+BIG_LENGTH, BIG_WINDOWS = 24_576, 13
+BIG_TOKENS = (np.arange(BIG_WINDOWS * BIG_LENGTH + 1) * 7919 % 50257).astype(np.uint16)
+# Small batches that travel 16 at a time: 127 windows in batches of 4, two whole
+# chunks, the padded last batch (3 rows) inside the second.
+CHUNKED_TOKENS = (np.arange(127 * STRIDE + MAX_LENGTH - STRIDE + 1) * 7919 % 50257).astype(np.uint16)
 
 
 def mesh_of(layout: str) -> Mesh:
@@ -95,11 +103,49 @@ def mixture_runs(state: dict) -> dict:
     }
 
 
+def big_runs() -> dict:
+    """Shards of an epoch of big batches (each transfer) and of small ones moved 16 at a time,
+    with loss weights, drop_last=False, on the interleaved mesh; and the chunk each loader chose."""
+    big = create_dataset(tokens=BIG_TOKENS, max_length=BIG_LENGTH, stride=BIG_LENGTH, return_weights=True)
+    small = create_dataset(tokens=CHUNKED_TOKENS, max_length=MAX_LENGTH, stride=STRIDE, return_weights=True)
+    runs = {}
+    for name, dataset, batch_size, transfer in (
+        ("arrays", big, 8, None),
+        ("rows", big, 8, "rows"),
+        ("chunked", small, 4, None),
+    ):
+        loader = create_dataloader(
+            dataset, batch_size=batch_size, drop_last=False, seed=6, mesh=mesh_of("interleaved"), transfer=transfer
+        )
+        report = shards if name == "chunked" else digests
+        batches = [[report(array) for array in batch] for batch in loader]
+        runs[name] = {"chunk": loader.batches.chunk, "transfer": loader.batches.transfer, "batches": batches}
+    return runs
+
+
+def digests(array) -> list:
+    """`shards` with a digest of each shard's bytes for its values: big batches stay small to report."""
+    return [
+        {"device": shard.device.id, "rows": shard_rows(shard, array), "digest": digest(np.asarray(shard.data))}
+        for shard in array.addressable_shards
+    ]
+
+
+def digest(values: np.ndarray) -> str:
+    """Of the dtype, the shape and the values: equal digests are equal arrays."""
+    header = f"{values.dtype.str}{values.shape}".encode()
+    return hashlib.sha256(header + np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def shard_rows(shard, array) -> list:
+    return [shard.index[0].start or 0, shard.index[0].stop or array.shape[0]]
+
+
 def shards(array) -> list:
     return [
         {
             "device": shard.device.id,
-            "rows": [shard.index[0].start or 0, shard.index[0].stop or array.shape[0]],
+            "rows": shard_rows(shard, array),
             "values": np.asarray(shard.data).tolist(),
         }
         for shard in array.addressable_shards
@@ -135,6 +181,7 @@ def main() -> None:
         report["runs"]["packed"] = {"batches": [[shards(array) for array in batch] for batch in loader]}
         with open(state) as file:
             report["runs"]["mixture"] = mixture_runs(json.load(file))
+        report["runs"]["big"] = big_runs()
         with open(out + ".tmp", "w") as file:
             json.dump(report, file)
         os.replace(out + ".tmp", out)

@@ -237,3 +237,44 @@ def test_a_mixture_state_resumes_from_two_processes_on_one_and_from_one_on_two(r
     expected = one_process_batches(RESUME_SEED, RESUME_AT + worker.MIX_RESUMED_STEPS)[RESUME_AT:]
     for report in reports:
         assert_shards_are_their_rows(report["runs"]["mixture"]["resumed"], expected)
+
+
+@pytest.mark.parametrize("run", ["arrays", "rows", "chunked"])
+def test_big_batches_and_chunks_of_small_ones_shard_over_processes(reports, run):
+    """Batches over ~0.5 MB a process travel one at a time (each transfer), small ones 16 at a
+    time with the padded last batch inside a chunk: each shard is its rows of the reference batch."""
+    if run == "chunked":
+        tokens, length, stride, size, chunk = worker.CHUNKED_TOKENS, worker.MAX_LENGTH, worker.STRIDE, 4, 16
+    else:
+        tokens, length, stride, size, chunk = worker.BIG_TOKENS, worker.BIG_LENGTH, worker.BIG_LENGTH, 8, 1
+    windows = reference_windows(tokens, length, stride)
+    order = reference_permutation(len(windows), 6, 0)
+    expected = []
+    for start in range(0, len(windows), size):
+        rows = order[start : start + size]
+        pad = size - len(rows)
+        weights = [[float(i == 0 or j >= length - stride) for j in range(length)] for i in rows]
+        expected.append(
+            [
+                [windows[i][0] for i in rows] + [[0] * length] * pad,
+                [windows[i][1] for i in rows] + [[0] * length] * pad,
+                weights + [[0.0] * length] * pad,
+                [True] * len(rows) + [False] * pad,
+            ]
+        )
+    devices = set()
+    for report in reports:
+        got = report["runs"]["big"][run]
+        assert (got["chunk"], got["transfer"]) == (chunk, "arrays" if run == "arrays" else "rows")
+        if run == "chunked":
+            devices |= assert_shards_are_their_rows(got["batches"], expected)
+            continue
+        assert len(got["batches"]) == len(expected) == 2
+        for batch, want in zip(got["batches"], expected):
+            for shards, values, dtype in zip(batch, want, [np.int32, np.int32, np.float32, np.bool_], strict=True):
+                for shard in shards:
+                    start, stop = shard["rows"]
+                    assert stop - start == size // 4
+                    assert shard["digest"] == worker.digest(np.array(values[start:stop], dtype=dtype))
+                    devices.add(shard["device"])
+    assert len(devices) == 4
