@@ -660,3 +660,131 @@ def test_an_error_computing_the_order_in_the_prefetch_thread_is_raised_in_the_lo
             served += 1
     assert served == fails_at == loader.state_dict()["step"]
     assert "_fill" in [frame.name for frame in traceback.extract_tb(raised.value.__traceback__)]
+
+
+# Big batches (chunk 1): 8 rows of 8,192 tokens with weights and segments, ~1.3 MB of host arrays.
+BIG, BIG_BATCH = 8192, 8
+
+
+def big_windows_reference(tokens, stride, doc_starts):
+    """window index -> [inputs, targets, weights, segment_ids, positions], from the definitions."""
+    windows = reference_windows(tokens, BIG, stride)
+    starts = set(doc_starts.tolist())
+
+    def parts(i):
+        begin = i * stride
+        weights = [0.0 if i and j < BIG - stride else 1.0 for j in range(BIG)]
+        segment_ids, positions, segment, opened = [], [], 1, 0
+        for j in range(BIG):  # a document start after the window's first input opens a segment
+            if j and begin + j in starts:
+                segment, opened = segment + 1, j
+            segment_ids.append(segment)
+            positions.append(j - opened)
+        return [*windows[i], weights, segment_ids, positions]
+
+    return len(windows), parts
+
+
+def big_packed_reference(tokens, half):
+    """row index -> its parts: documents of `half` tokens, two to a row (best fit), the last row
+    holding the last document alone; a row's targets run into the next document's first token."""
+    n_rows = -(-len(tokens) // (2 * half))
+
+    def parts(r):
+        row = [int(t) for t in tokens[r * BIG : r * BIG + BIG + 1]]
+        row += [0] * (BIG + 1 - len(row))
+        alone = r == n_rows - 1
+        weights = [1.0] * BIG if not alone else [1.0] * (half - 1) + [0.0] * (half + 1)
+        segment_ids = [1] * half + [0 if alone else 2] * half
+        return [row[:-1], row[1:], weights, segment_ids, list(range(half)) * 2]
+
+    return n_rows, parts
+
+
+def padded(rows, parts, batch_size):
+    """The expected batch of window/row indices `rows`, zero rows after them, then the mask."""
+    pad = batch_size - len(rows)
+    columns = [list(column) for column in zip(*(parts(i) for i in rows))]
+    return [column + [[0] * BIG] * pad for column in columns] + [[True] * len(rows) + [False] * pad]
+
+
+def assert_batch(batch, want):
+    assert len(batch) == len(want)
+    for array, values in zip(batch, want):
+        assert array.shape[0] == BIG_BATCH and np.asarray(array).tolist() == values
+
+
+@pytest.mark.parametrize("kind", ["windows", "packed_docs"])
+def test_big_batches_of_every_part_built_ahead_and_resumed_are_the_reference(kind, no_leaked_threads):
+    """Chunk 1 with weights, segments and the padded last batch: an epoch in a busy loop (the
+    thread builds ahead from the 5th batch), three batches of the next, then a new loader resumes
+    the state; every batch against the definitions."""
+    if kind == "windows":
+        stride = BIG // 2
+        tokens = (np.arange(43 * stride + BIG + 1) * 7919 % 50257).astype(np.uint16)
+        doc_starts = np.arange(0, len(tokens), 3000)
+        n, parts = big_windows_reference(tokens, stride, doc_starts)
+        options = dict(max_length=BIG, stride=stride, return_weights=True, return_segments=True, doc_starts=doc_starts)
+        data = lambda: create_dataset(tokens=tokens, **options)  # noqa: E731
+    else:
+        half = BIG // 2
+        tokens = (np.arange(2 * 43 * half + half) * 7919 % 50000 + 1).astype(np.uint16)
+        tokens[::half] = 50256  # each document opens with the separator
+        n, parts = big_packed_reference(tokens, half)
+        options = dict(doc_starts=np.arange(0, len(tokens), half), max_length=BIG, stride=BIG)
+        data = lambda: create_dataset("packed_docs", tokens=tokens, **options)  # noqa: E731
+    loader = create_dataloader(data(), batch_size=BIG_BATCH, drop_last=False, seed=5)
+    assert (n, len(loader), loader.batches.chunk) == (44, 6, 1)
+    epochs = [reference_permutation(n, 5, epoch) for epoch in range(2)]
+    want = [[padded(order[k : k + BIG_BATCH], parts, BIG_BATCH) for k in range(0, n, BIG_BATCH)] for order in epochs]
+    threads_seen = False
+    for batch, expected in zip(busy(loader), want[0], strict=True):
+        assert_batch(batch, expected)
+        threads_seen |= bool(prefetch_threads())
+    assert threads_seen
+    for batch, expected in zip(_take(loader, 3), want[1][:3]):
+        assert_batch(batch, expected)
+    resumed = create_dataloader(data(), batch_size=BIG_BATCH, drop_last=False, seed=0, prefetch=0)
+    resumed.load_state_dict(loader.state_dict())
+    for batch, expected in zip(resumed, want[1][3:], strict=True):
+        assert_batch(batch, expected)
+
+
+def test_big_mixture_batches_with_sources_built_ahead_and_resumed_are_whole_windows(no_leaked_threads):
+    """A mixture at chunk 1 (8 rows of 16,384 tokens with weights): in a busy loop (the thread
+    builds ahead), each row is the whole window its first token names, with its predict-once
+    weights and its source id; a state taken after 4 batches resumes with batch 5."""
+    from reference import decode, source_tokens
+
+    from windowloader import Mixture
+
+    length, sizes, strides = 2 * BIG, (6, 5, 4), (BIG, 2 * BIG, BIG // 2)
+    tokens = [source_tokens(s, n, length, stride) for s, (n, stride) in enumerate(zip(sizes, strides))]
+    sources = {
+        name: create_dataset(tokens=t, max_length=length, stride=stride, return_weights=True)
+        for name, t, stride in zip(("web", "code", "books"), tokens, strides)
+    }
+    mixture = Mixture(sources, weights=[0.5, 0.25, 0.25])
+    options = dict(batch_size=BIG_BATCH, drop_last=False, return_source=True)
+    loader = create_dataloader(mixture, seed=3, **options)
+    assert loader.batches.chunk == 1
+    served, threads_seen = [], False
+    iterator = iter(loader)
+    for batch in busy(next(iterator) for _ in range(10)):
+        served.append([np.asarray(array) for array in batch])
+        threads_seen |= bool(prefetch_threads())
+    iterator.close()
+    assert threads_seen
+    for inputs, targets, weights, source, mask in served:
+        sources_of, windows_of = decode(inputs[:, 0].astype(np.int64), strides)
+        assert source.tolist() == sources_of.tolist() and mask.all()
+        for row, (s, w) in enumerate(zip(sources_of, windows_of)):
+            window = tokens[s][w * strides[s] : w * strides[s] + length + 1]
+            assert inputs[row].tolist() == window[:-1].tolist() and targets[row].tolist() == window[1:].tolist()
+            assert weights[row].tolist() == [float(w == 0 or j >= length - strides[s]) for j in range(length)]
+    first = create_dataloader(mixture, seed=3, prefetch=0, **options)
+    _take(first, 4)
+    resumed = create_dataloader(mixture, seed=0, **options)
+    resumed.load_state_dict(first.state_dict())
+    for batch, expected in zip(_take(resumed, 6), served[4:], strict=True):
+        assert all(np.array_equal(np.asarray(a), b) for a, b in zip(batch, expected, strict=True))
