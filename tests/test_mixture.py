@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from reference import BASES, decode, reference_windows, source_tokens
 
-from windowloader import Mixture
+from windowloader import Mixture, state_to_arrays
 from windowloader.adapters import torch as wl_torch
 from windowloader.mixture import MixtureOrder
 
@@ -315,6 +315,17 @@ def test_resume_refuses_another_corpus_or_schedule_unless_asked():
         single.load_state_dict(state)
     with pytest.raises(ValueError, match="mixture state"):
         loader.load_state_dict(single.state_dict())
+
+
+def test_the_packed_state_of_orbaxs_standard_save_resumes_with_the_next_batch():
+    mixture = make_mixture(wl_torch, sizes=(300, 200, 100))
+    run = global_batches(wl_torch.create_dataloader(mixture, batch_size=8, seed=3, return_source=True), 9)
+    stopped = wl_torch.create_dataloader(mixture, batch_size=8, seed=3, return_source=True)
+    global_batches(stopped, 5)
+    resumed = wl_torch.create_dataloader(mixture, batch_size=8, seed=7, return_source=True)
+    resumed.load_state_dict(state_to_arrays(stopped.state_dict()))
+    for (a, sa), (b, sb) in zip(global_batches(resumed, 4), run[5:], strict=True):
+        assert np.array_equal(a, b) and np.array_equal(sa, sb)
 
 
 def test_a_rescheduled_resume_keeps_the_past_and_applies_the_new_weights_from_the_resume_step():

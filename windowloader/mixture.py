@@ -31,6 +31,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from windowloader import _checks, permutation
 from windowloader.allocation import Allocation, batch_shares
+from windowloader.checkpoint import is_packed, state_from_arrays
 from windowloader.packing import PackedRows
 from windowloader.windows import TokenWindows
 
@@ -568,8 +569,11 @@ class MixtureCursor:
 
         `schedule=[(from_step, weights), ...]` changes the proportions on resume: the stage in
         force at the saved step applies from it (a first stage from step 0 means "now"), later
-        stages from their steps; every source continues exactly where it stood.
+        stages from their steps; every source continues exactly where it stood. The packed form
+        of `windowloader.state_to_arrays` (orbax's StandardSave) is taken too.
         """
+        if is_packed(state):
+            state = state_from_arrays(state)
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(
                 f"state is not a windowloader mixture state (expected format {FORMAT!r}, got "
