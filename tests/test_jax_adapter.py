@@ -66,11 +66,11 @@ CHUNKS_BEFORE_THE_THREAD = 4
 BATCHES_BEFORE_THE_THREAD = CHUNKS_BEFORE_THE_THREAD * CHUNK
 
 
-def busy(iterable):
-    """Yields from `iterable`, spending BUSY_S in the "step" after each item, like a training loop."""
+def busy(iterable, step_s=BUSY_S):
+    """Yields from `iterable`, spending `step_s` in the "step" after each item, like a training loop."""
     for item in iterable:
         yield item
-        time.sleep(BUSY_S)
+        time.sleep(step_s)
 
 
 def reference_weights(index):
@@ -663,7 +663,8 @@ def test_an_error_computing_the_order_in_the_prefetch_thread_is_raised_in_the_lo
 
 
 # Big batches (chunk 1): 8 rows of 8,192 tokens with weights and segments, ~1.3 MB of host arrays.
-BIG, BIG_BATCH = 8192, 8
+# A step of BIG_STEP_S is far longer than building one, even on a loaded machine.
+BIG, BIG_BATCH, BIG_STEP_S = 8192, 8, 0.05
 
 
 def big_windows_reference(tokens, stride, doc_starts):
@@ -738,7 +739,7 @@ def test_big_batches_of_every_part_built_ahead_and_resumed_are_the_reference(kin
     epochs = [reference_permutation(n, 5, epoch) for epoch in range(2)]
     want = [[padded(order[k : k + BIG_BATCH], parts, BIG_BATCH) for k in range(0, n, BIG_BATCH)] for order in epochs]
     threads_seen = False
-    for batch, expected in zip(busy(loader), want[0], strict=True):
+    for batch, expected in zip(busy(loader, BIG_STEP_S), want[0], strict=True):
         assert_batch(batch, expected)
         threads_seen |= bool(prefetch_threads())
     assert threads_seen
@@ -770,7 +771,7 @@ def test_big_mixture_batches_with_sources_built_ahead_and_resumed_are_whole_wind
     assert loader.batches.chunk == 1
     served, threads_seen = [], False
     iterator = iter(loader)
-    for batch in busy(next(iterator) for _ in range(10)):
+    for batch in busy((next(iterator) for _ in range(10)), BIG_STEP_S):
         served.append([np.asarray(array) for array in batch])
         threads_seen |= bool(prefetch_threads())
     iterator.close()
