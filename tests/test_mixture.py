@@ -24,6 +24,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 from reference import BASES, decode, reference_windows, source_tokens
 
 from windowloader import Mixture, state_to_arrays
@@ -326,6 +327,22 @@ def test_the_packed_state_of_orbaxs_standard_save_resumes_with_the_next_batch():
     resumed.load_state_dict(state_to_arrays(stopped.state_dict()))
     for (a, sa), (b, sb) in zip(global_batches(resumed, 4), run[5:], strict=True):
         assert np.array_equal(a, b) and np.array_equal(sa, sb)
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_ids_above_2_53_of_a_uint64_source_mixed_with_int64_are_served_exactly(device):
+    # numpy's common type of uint64 and int64 is float64, in which 2**53 + 1 is 2**53.
+    first = 2**53 + 1
+    big = wl_torch.create_dataset(tokens=np.arange(first, first + 41, dtype=np.uint64), max_length=4, stride=4)
+    small = wl_torch.create_dataset(tokens=np.arange(41, dtype=np.int64), max_length=4, stride=4)
+    mixture = Mixture({"big": big, "small": small}, weights=[0.5, 0.5])
+    loader = wl_torch.create_dataloader(mixture, batch_size=4, seed=1, return_source=True, device=device)
+    for inputs, targets, source in itertools.islice(loader, 5):
+        assert inputs.dtype == torch.int64
+        for row, target, s in zip(inputs.tolist(), targets.tolist(), source.tolist()):
+            base = first if s == 0 else 0  # each source's windows start every 4 ids from its first
+            assert (row[0] - base) % 4 == 0 and row == list(range(row[0], row[0] + 4)), row
+            assert target == list(range(row[0] + 1, row[0] + 5))
 
 
 def test_a_rescheduled_resume_keeps_the_past_and_applies_the_new_weights_from_the_resume_step():

@@ -197,6 +197,10 @@ class MixtureWindows:
         self.offsets = np.cumsum([0, *(len(s) for s in sources)], dtype=np.int64)
         self._first_ids = self.offsets[1:-1]  # of sources 1, 2, ...
         self.dtype = np.result_type(*(s.tokens.dtype for s in sources))
+        if self.dtype.kind not in "iu":
+            # numpy's common type of uint64 and a signed dtype is float64, which rounds ids above
+            # 2**53; every adapter's create_dataset has checked that its ids fit int64.
+            self.dtype = np.dtype(np.int64)
         self._joined = _joined_rows(self.sources, self.offsets)
 
     def __len__(self) -> int:
@@ -226,7 +230,7 @@ class MixtureWindows:
         (default: the sources' common token dtype)."""
         ids = self._checked(ids)
         if self._joined is None:
-            rows = self._by_source(ids, _rows)
+            rows = self._by_source(ids, self._rows)
         else:
             rows = self._joined.rows(ids)
         return _as_dtype(rows, self.dtype if dtype is None else dtype)
@@ -249,13 +253,17 @@ class MixtureWindows:
             ids = self._checked(np.concatenate(chunk))
             bounds = [0, *accumulate(map(len, chunk))]
             if self._joined is None:
-                rows = self._by_source(ids, _rows)
+                rows = self._by_source(ids, self._rows)
                 for batch, start, stop in zip(chunk, bounds, bounds[1:]):
                     yield batch, _as_dtype(rows[start:stop], dtype)
             else:
                 view, starts = self._joined.view, self._joined.starts(ids)
                 for batch, start, stop in zip(chunk, bounds, bounds[1:]):
                     yield batch, _as_dtype(view[starts[start:stop]], dtype)
+
+    def _rows(self, source: TokenWindows | PackedRows, local: np.ndarray) -> np.ndarray:
+        # In the common dtype already: joining parts of uint64 and int64 would make float64.
+        return source.gather_rows(local, self.dtype)
 
     def _checked(self, ids) -> np.ndarray:
         """`ids` as int64, refused unless each is one of these windows': the joined view would
@@ -298,10 +306,6 @@ class MixtureWindows:
         ]
         joined = np.concatenate(parts) if len(parts) > 1 else parts[0]
         return joined[by_source.argsort()]
-
-
-def _rows(source: TokenWindows | PackedRows, local: np.ndarray) -> np.ndarray:
-    return source.gather_rows(local)
 
 
 def _as_dtype(rows: np.ndarray, dtype) -> np.ndarray:
