@@ -107,6 +107,42 @@ def test_workers_give_exactly_the_batches_of_no_workers(options):
     assert as_lists(take(loader, len(expected))) == expected
 
 
+BIG_L, BIG_STRIDE = 8192, 4096
+BIG_TOKENS = (np.arange(20 * BIG_STRIDE + BIG_L + 1) * 7919 % 50257).astype(np.uint16)  # 21 windows
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"device": "cpu"}, {"num_workers": 2}, {"num_workers": 2, "device": "cpu"}],
+    ids=["in-process", "device", "2-workers", "2-workers-device"],
+)
+def test_batches_too_big_to_travel_together_are_the_reference_whole_padded_and_resumed(options):
+    """An (8, 8193) uint16 batch is over half of a worker message's ~256 KB, so each travels alone."""
+    dataset = create_dataset(tokens=BIG_TOKENS, max_length=BIG_L, stride=BIG_STRIDE, return_weights=True)
+    kwargs = dict(batch_size=8, seed=4, drop_last=False, pad_last=True, **options)
+    loader = create_dataloader(dataset, **kwargs)
+    assert loader.batch_sampler.group == 1
+    # 3 batches an epoch, the last holding 5 windows and 3 zero rows.
+    want = expected_batches(BIG_TOKENS, BIG_L, BIG_STRIDE, 8, seed=4, epochs=2, drop_last=False, pad_last=True)
+    seen = BIG_L - BIG_STRIDE  # targets the previous window already predicts
+    want_weights = []
+    for epoch in range(2):
+        order = reference_permutation(21, 4, epoch)
+        for start in range(0, 21, 8):
+            rows = order[start : start + 8]
+            weights = [[0.0] * seen + [1.0] * (BIG_L - seen) if i else [1.0] * BIG_L for i in rows]
+            want_weights.append(weights + [[0.0] * BIG_L] * (8 - len(rows)))
+    got = take(loader, 6)
+    assert as_lists(got) == want
+    assert [batch[2].tolist() for batch in got] == want_weights
+    for consumed in (2, 4):  # before the padded batch; past it, into the next epoch
+        stopped = create_dataloader(dataset, **kwargs)
+        take(stopped, consumed)
+        resumed = create_dataloader(dataset, **{**kwargs, "seed": 0})
+        resumed.load_state_dict(stopped.state_dict())
+        assert as_lists(take(resumed, 6 - consumed)) == want[consumed:]
+
+
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
 def test_pinned_batches_are_pinned_where_an_accelerator_exists():
     dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE, return_weights=True)
