@@ -288,7 +288,8 @@ def test_a_loop_that_only_fetches_batches_builds_them_itself_without_a_thread():
 
 
 def _record_builders(data):
-    """Wraps the dataset's gather to note which thread gathers each chunk of batches."""
+    """Wraps the gather of `data` (a dataset, or a loader's batches) to note which thread gathers
+    each chunk of batches."""
     real_gather, builders = data.windows.gather_rows, []
 
     def gather_rows(*args, **kwargs):
@@ -738,11 +739,10 @@ def test_big_batches_of_every_part_built_ahead_and_resumed_are_the_reference(kin
     assert (n, len(loader), loader.batches.chunk) == (44, 6, 1)
     epochs = [reference_permutation(n, 5, epoch) for epoch in range(2)]
     want = [[padded(order[k : k + BIG_BATCH], parts, BIG_BATCH) for k in range(0, n, BIG_BATCH)] for order in epochs]
-    threads_seen = False
+    builders = _record_builders(loader.batches)
     for batch, expected in zip(busy(loader, BIG_STEP_S), want[0], strict=True):
         assert_batch(batch, expected)
-        threads_seen |= bool(prefetch_threads())
-    assert threads_seen
+    assert "windowloader-prefetch" in builders
     for batch, expected in zip(_take(loader, 3), want[1][:3]):
         assert_batch(batch, expected)
     resumed = create_dataloader(data(), batch_size=BIG_BATCH, drop_last=False, seed=0, prefetch=0)
@@ -769,13 +769,12 @@ def test_big_mixture_batches_with_sources_built_ahead_and_resumed_are_whole_wind
     options = dict(batch_size=BIG_BATCH, drop_last=False, return_source=True)
     loader = create_dataloader(mixture, seed=3, **options)
     assert loader.batches.chunk == 1
-    served, threads_seen = [], False
+    served, builders = [], _record_builders(loader.batches)
     iterator = iter(loader)
     for batch in busy((next(iterator) for _ in range(10)), BIG_STEP_S):
         served.append([np.asarray(array) for array in batch])
-        threads_seen |= bool(prefetch_threads())
     iterator.close()
-    assert threads_seen
+    assert "windowloader-prefetch" in builders
     for inputs, targets, weights, source, mask in served:
         sources_of, windows_of = decode(inputs[:, 0].astype(np.int64), strides)
         assert source.tolist() == sources_of.tolist() and mask.all()
