@@ -56,6 +56,16 @@ def test_device_cpu_serves_the_specifications_batches_as_int64(workers, weights)
     assert inputs.device.type == "cpu"
 
 
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_big_endian_tokens_move_as_their_ids(tmp_path, workers):
+    # A cache mapped big-endian: its rows travel in that dtype, which torch.from_numpy refuses.
+    path = tmp_path / "tokens.bin"
+    TOKENS.astype(">u2").tofile(path)
+    data = create_dataset(tokens=np.memmap(path, dtype=">u2", mode="r"), max_length=L, stride=STRIDE)
+    loader = create_dataloader(data, batch_size=8, seed=3, num_workers=workers, device="cpu")
+    assert [as_lists(b) for b in loader] == expected(3, 0, 8)
+
+
 def test_device_batches_equal_the_host_loaders_batches():
     data = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE, return_weights=True)
     host = create_dataloader(data, batch_size=4, seed=1)

@@ -43,7 +43,7 @@ class DeviceTransfer:
         parts = [host.rows, *host.extras] + ([] if host.mask is None else [host.mask])
         if self.stream is None:
             return _split([_host_to_device(part, self.device) for part in parts])
-        pinned = [torch.from_numpy(part).pin_memory() for part in parts]
+        pinned = [_as_tensor(part).pin_memory() for part in parts]
         with torch.cuda.stream(self.stream):
             return _split([_host_to_device(part, self.device) for part in pinned])
 
@@ -61,8 +61,16 @@ class DeviceTransfer:
 
 def _host_to_device(part, device: torch.device) -> torch.Tensor:
     """The one host-to-device copy of a batch's array (asynchronous from pinned memory)."""
-    tensor = torch.from_numpy(part) if isinstance(part, np.ndarray) else part
+    tensor = _as_tensor(part) if isinstance(part, np.ndarray) else part
     return tensor.to(device, non_blocking=True)
+
+
+def _as_tensor(part: np.ndarray) -> torch.Tensor:
+    """`part` as a tensor over its memory; tokens in the other byte order (a big-endian cache's
+    memmap) are swapped first, as torch refuses them."""
+    if not part.dtype.isnative:
+        part = part.astype(part.dtype.newbyteorder("="))
+    return torch.from_numpy(part)
 
 
 def _split(parts: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
