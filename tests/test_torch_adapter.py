@@ -123,7 +123,9 @@ def test_batches_too_big_to_travel_together_are_the_reference_whole_padded_and_r
     loader = create_dataloader(dataset, **kwargs)
     assert loader.batch_sampler.group == 1
     # 3 batches an epoch, the last holding 5 windows and 3 zero rows.
-    want = expected_batches(BIG_TOKENS, BIG_L, BIG_STRIDE, 8, seed=4, epochs=2, drop_last=False, pad_last=True)
+    want = expected_batches(
+        BIG_TOKENS, BIG_L, BIG_STRIDE, 8, seed=4, epochs=2, drop_last=False, pad_last=True
+    )
     seen = BIG_L - BIG_STRIDE  # targets the previous window already predicts
     want_weights = []
     for epoch in range(2):

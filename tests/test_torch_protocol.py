@@ -229,3 +229,27 @@ def test_padded_batches_moved_to_a_device_keep_their_mask(dataset):
     for ours, theirs in zip(moved, host, strict=True):
         assert [t.dtype for t in ours] == [torch.int64, torch.int64, torch.bool]
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_pinned_loader_given_its_device_by_accelerate_serves_the_reference_batches(dataset, num_workers):
+    # On a GPU, prepare() hands the loader the Accelerator's CUDA device; here the hand-over
+    # gives "cpu", which runs the same device path.
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from windowloader.adapters import torch as adapter
+
+    loader = create_dataloader(dataset, batch_size=8, seed=2, pin_memory=True, num_workers=num_workers)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            accelerator = Accelerator(cpu=True)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(adapter, "check_accelerator", lambda caller: torch.device("cpu"))
+            assert accelerator.prepare(loader) is loader
+    finally:
+        AcceleratorState._reset_state(True)
+    assert loader.device == torch.device("cpu")
+    assert as_lists(take(loader, 30)) == expected_batches(TOKENS, L, STRIDE, 8, seed=2, epochs=2)[:30]

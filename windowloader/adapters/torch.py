@@ -472,6 +472,7 @@ class WindowDataLoader(DataLoader):
                     "windowloader cannot move: move them yourself with Accelerator(device_placement=False)"
                 )
             self.device = check_device(device)
+            self.pin_memory = False  # as with device=: the rows are pinned compact, not as int64 tensors
         return True
 
     @_is_accelerate_prepared.setter
