@@ -788,3 +788,23 @@ def test_big_mixture_batches_with_sources_built_ahead_and_resumed_are_whole_wind
     resumed.load_state_dict(first.state_dict())
     for batch, expected in zip(_take(resumed, 6), served[4:], strict=True):
         assert all(np.array_equal(np.asarray(a), b) for a, b in zip(batch, expected, strict=True))
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 2, 1000])
+def test_any_prefetch_serves_the_reference_batches_in_a_busy_loop(prefetch, no_leaked_threads):
+    """599 windows in 150 batches, 16 to a chunk, the last padded: the thread (none with
+    prefetch=0) builds from the 5th chunk on, one chunk ahead or the whole rest of the epoch;
+    the batches are the same."""
+    data = long_dataset()
+    loader = create_dataloader(data, batch_size=4, seed=12, prefetch=prefetch, drop_last=False)
+    builders = _record_builders(data)
+    served = [as_lists(batch) for batch in busy(loader)]
+    windows = reference_windows(np.arange(3_000) * 7919 % 50257, MAX_LENGTH, STRIDE)
+    order = reference_permutation(len(windows), 12, 0)
+    want = [order[start : start + 4] for start in range(0, len(order), 4)]
+    assert len(served) == len(want) == 150 and len(want[-1]) == 3
+    for batch, rows in zip(served, want):
+        pad = [[0] * MAX_LENGTH] * (4 - len(rows))
+        assert batch[0] == [windows[i][0] for i in rows] + pad and batch[1] == [windows[i][1] for i in rows] + pad
+        assert batch[2] == [True] * len(rows) + [False] * (4 - len(rows))
+    assert ("windowloader-prefetch" in builders) == (prefetch > 0)
