@@ -808,3 +808,28 @@ def test_any_prefetch_serves_the_reference_batches_in_a_busy_loop(prefetch, no_l
         assert batch[0] == [windows[i][0] for i in rows] + pad and batch[1] == [windows[i][1] for i in rows] + pad
         assert batch[2] == [True] * len(rows) + [False] * (4 - len(rows))
     assert ("windowloader-prefetch" in builders) == (prefetch > 0)
+
+
+@pytest.mark.parametrize(
+    "max_length, transfer, chunk", [(MAX_LENGTH, None, CHUNK), (40_000, "rows", 1), (40_000, None, 1)]
+)
+def test_tokens_in_the_other_byte_order_serve_the_reference_batches(tmp_path, max_length, transfer, chunk):
+    """A big-endian cache's memmap: rows travel in the tokens' dtype, which JAX refuses in the
+    other byte order; they must arrive swapped, 16 at a time or one by one."""
+    tokens = (np.arange(30 * max_length + 1) * 7919 % 50257).astype(np.uint16)
+    tokens.astype(">u2").tofile(tmp_path / "tokens.bin")
+    swapped = np.memmap(tmp_path / "tokens.bin", dtype=">u2", mode="r")
+    data = create_dataset(tokens=swapped, max_length=max_length, stride=max_length, return_weights=True)
+    loader = create_dataloader(data, batch_size=4, drop_last=False, seed=2, transfer=transfer)
+    assert loader.batches.chunk == chunk
+    windows = reference_windows(tokens, max_length, max_length)
+    order = reference_permutation(30, 2, 0)
+    batches = list(loader)
+    assert len(batches) == 8
+    for step, (inputs, targets, weights, mask) in enumerate(batches):
+        rows = order[4 * step : 4 * step + 4]
+        pad = [[0] * max_length] * (4 - len(rows))
+        assert inputs.dtype == jnp.int32 and np.asarray(mask).tolist() == [True] * len(rows) + [False] * len(pad)
+        assert np.asarray(inputs).tolist() == [windows[i][0] for i in rows] + pad
+        assert np.asarray(targets).tolist() == [windows[i][1] for i in rows] + pad
+        assert np.asarray(weights).tolist() == [[1.0] * max_length] * len(rows) + pad  # windows do not overlap

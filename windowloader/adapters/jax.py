@@ -278,8 +278,9 @@ def _unstacker(chunk: int, split_dtype, out_shardings: tuple) -> Callable:
 
 def _row_dtype(tokens: np.dtype, dtype: np.dtype) -> np.dtype:
     """The dtype rows travel in: the tokens' own when it is no wider than `dtype`, else `dtype`
-    (which holds every id: `_check_dtype` made sure)."""
-    return tokens if tokens.itemsize <= dtype.itemsize else dtype
+    (which holds every id: `_check_dtype` made sure). Always in this machine's byte order, which
+    is all JAX takes (a big-endian cache's memmap is swapped as it is gathered)."""
+    return tokens.newbyteorder("=") if tokens.itemsize <= dtype.itemsize else dtype
 
 
 def _split_rows(dtype: np.dtype) -> Callable:
