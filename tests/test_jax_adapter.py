@@ -438,6 +438,16 @@ def test_a_dtype_that_holds_the_vocabulary_is_used_as_is():
     assert inputs.dtype == jnp.uint16
 
 
+@pytest.mark.parametrize("transfer", ["rows", "arrays"])
+def test_a_dtype_in_the_other_byte_order_gives_the_same_numbers_in_jaxs(transfer):
+    """JAX holds only native byte order: dtype='>i4' (or '<i4' on a big-endian host) means int32."""
+    other = np.dtype(np.int32).newbyteorder("S")
+    loader = create_dataloader(dataset(), batch_size=4, shuffle=False, dtype=other, transfer=transfer)
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    assert as_lists(next(iter(loader))) == [list(x) for x in reference_batches(windows, 4)[0]]
+    assert next(iter(loader))[0].dtype == jnp.int32
+
+
 @pytest.mark.parametrize(
     "kwargs, error, words",
     [

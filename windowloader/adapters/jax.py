@@ -631,7 +631,7 @@ def _check_data_axis(mesh: Mesh, data_axis, batch_size: int) -> str | tuple[str,
 
 def _check_dtype(dtype, tokens: np.ndarray) -> np.dtype:
     try:
-        dtype = np.dtype(dtype)
+        dtype = np.dtype(dtype).newbyteorder("=")  # the same numbers in the only byte order JAX holds
     except TypeError:
         raise TypeError(f"dtype must be an integer dtype such as jnp.int32, got {dtype!r}") from None
     if not np.issubdtype(dtype, np.integer):
