@@ -7,9 +7,12 @@ cut into global batches and rank slices by hand, not by the library's BatchOrder
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing
 import pickle
 import re
+import time
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -105,6 +108,25 @@ def test_workers_give_exactly_the_batches_of_no_workers(options):
     loader = create_dataloader(dataset, batch_size=8, seed=1, **options)
     assert as_lists(take(plain, len(expected))) == expected
     assert as_lists(take(loader, len(expected))) == expected
+
+
+def test_a_dropped_loader_ends_its_persistent_workers_without_the_garbage_collector():
+    # Were the loader's samplers to hold it back, the cycle would keep its workers alive until a
+    # collection, and each child forked meanwhile would shut them down again from its copy.
+    before = set(multiprocessing.active_children())
+    dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
+    loader = create_dataloader(dataset, batch_size=8, seed=1, num_workers=2, persistent_workers=True)
+    take(loader, 3)
+    assert len(set(multiprocessing.active_children()) - before) == 2
+    gc.disable()
+    try:
+        del loader
+        deadline = time.monotonic() + 10
+        while set(multiprocessing.active_children()) - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not set(multiprocessing.active_children()) - before
+    finally:
+        gc.enable()
 
 
 BIG_L, BIG_STRIDE = 8192, 4096

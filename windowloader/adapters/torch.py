@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 import warnings
+import weakref
 from collections.abc import Iterable
 
 try:
@@ -342,10 +343,13 @@ class WindowBatchSampler(Sampler):
     current epoch, sent in `_BatchGroup`s of `group` consecutive batches (one without workers)."""
 
     def __init__(self, loader: WindowDataLoader, group: int = 1) -> None:
-        self.loader = loader
+        # Weak: the loader holds its samplers, and a cycle would keep a dropped loader (and its
+        # persistent workers) alive until the garbage collector runs, in every forked child too.
+        self._loader = weakref.ref(loader)
         self.group = group
         self.sampler = WindowSampler(loader)
 
+    loader = property(lambda self: self._loader())
     batch_size = property(lambda self: self.loader.batch_size)
     drop_last = property(lambda self: self.loader.drop_last)
 
@@ -369,8 +373,9 @@ class WindowSampler(DistributedSampler):
     their `set_epoch` calls reach the loader. Its attributes read the loader's current values."""
 
     def __init__(self, loader: WindowDataLoader) -> None:  # no super().__init__: nothing to hold
-        self.loader = loader
+        self._loader = weakref.ref(loader)  # weak: see WindowBatchSampler
 
+    loader = property(lambda self: self._loader())
     num_replicas = property(lambda self: self.loader.world_size)
     rank = property(lambda self: self.loader.rank)
     epoch = property(lambda self: self.loader.cursor.epoch)
