@@ -5,6 +5,7 @@ processes.)"""
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 
@@ -120,6 +121,13 @@ def test_an_eval_loader_starts_from_the_first_window_every_time(dataset, num_wor
         inputs, targets, mask = batches[-1]
         assert mask == [True] * (N % 16) + [False] * (16 - N % 16)
         assert inputs[N % 16 :] == targets[N % 16 :] == [[0] * L] * (16 - N % 16)
+
+
+def test_a_shuffled_restart_loader_serves_its_epoch_again_however_an_iteration_ended(dataset):
+    loader = create_dataloader(dataset, batch_size=8, seed=1, shuffle=True, drop_last=False, restart=True)
+    want = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1, drop_last=False)
+    for n in (len(want), 3, len(want), len(want) + 5):  # stopped at the last batch, mid-way, run out
+        assert as_lists(itertools.islice(loader, n)) == want[:n]
 
 
 def test_eval_loaders_on_several_ranks_cover_every_window_once(no_launcher):

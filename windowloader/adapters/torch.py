@@ -507,9 +507,11 @@ class WindowDataLoader(DataLoader):
         # Counted as handed to the user, not as fetched: workers run ahead of the consumer.
         for batch in batches:
             self.cursor.advance()
+            if self.restart and self.cursor.epoch != epoch:
+                # The epoch's last batch: the next iteration serves this epoch again, even when
+                # this one is never resumed to its end (an islice, a step limit).
+                self.cursor.epoch, self.cursor.step = epoch, 0
             yield batch
-        if self.restart:  # the next iteration serves the same epoch from its start again
-            self.cursor.epoch, self.cursor.step = epoch, 0
 
     def _rank_batches(self):
         """This rank's window indices for each batch left in the current epoch."""
