@@ -7,6 +7,7 @@ cut into global batches and rank slices by hand, not by the library's BatchOrder
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import multiprocessing
@@ -127,6 +128,17 @@ def test_a_dropped_loader_ends_its_persistent_workers_without_the_garbage_collec
         assert not set(multiprocessing.active_children()) - before
     finally:
         gc.enable()
+
+
+def test_a_copied_or_unpickled_loader_serves_from_its_own_place():
+    dataset = create_dataset(tokens=TOKENS, max_length=L, stride=STRIDE)
+    expected = expected_batches(TOKENS, L, STRIDE, 8, seed=1, epochs=1)
+    loader = create_dataloader(dataset, batch_size=8, seed=1)
+    take(loader, 2)
+    for twin in (copy.deepcopy(loader), pickle.loads(pickle.dumps(loader))):
+        assert twin.batch_sampler.loader is twin and twin.sampler.loader is twin
+        assert as_lists(take(twin, 3)) == expected[2:5]
+    assert as_lists(take(loader, 1)) == expected[2:3]  # the original did not move
 
 
 BIG_L, BIG_STRIDE = 8192, 4096

@@ -338,18 +338,32 @@ def cu_seqlens(segment_ids: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(_cu_seqlens(segment_ids.cpu().numpy())).to(segment_ids.device)
 
 
-class WindowBatchSampler(Sampler):
+class _HoldsLoader:
+    """A sampler that holds its loader weakly: the loader holds it, and the cycle would keep a
+    dropped loader (and its persistent workers) alive until the garbage collector runs, in every
+    child forked meanwhile too. A copy or an unpickled one holds the loader copied with it."""
+
+    def __init__(self, loader: WindowDataLoader) -> None:
+        self._loader = weakref.ref(loader)
+
+    loader = property(lambda self: self._loader())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_loader": self.loader}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _loader=weakref.ref(state["_loader"]))
+
+
+class WindowBatchSampler(_HoldsLoader, Sampler):
     """`loader.batch_sampler`: this rank's window indices for each batch left in the loader's
     current epoch, sent in `_BatchGroup`s of `group` consecutive batches (one without workers)."""
 
     def __init__(self, loader: WindowDataLoader, group: int = 1) -> None:
-        # Weak: the loader holds its samplers, and a cycle would keep a dropped loader (and its
-        # persistent workers) alive until the garbage collector runs, in every forked child too.
-        self._loader = weakref.ref(loader)
+        super().__init__(loader)
         self.group = group
         self.sampler = WindowSampler(loader)
 
-    loader = property(lambda self: self._loader())
     batch_size = property(lambda self: self.loader.batch_size)
     drop_last = property(lambda self: self.loader.drop_last)
 
@@ -365,17 +379,15 @@ class WindowBatchSampler(Sampler):
         self.loader.set_epoch(epoch)
 
 
-class WindowSampler(DistributedSampler):
+class WindowSampler(_HoldsLoader, DistributedSampler):
     """`loader.sampler`: this rank's window indices for the rest of the current epoch, one by one.
 
     A `DistributedSampler` because it is one (it serves this rank's share): Lightning and Fabric
     then keep the loader as it is instead of re-building it around a sampler of their own, and
     their `set_epoch` calls reach the loader. Its attributes read the loader's current values."""
 
-    def __init__(self, loader: WindowDataLoader) -> None:  # no super().__init__: nothing to hold
-        self._loader = weakref.ref(loader)  # weak: see WindowBatchSampler
-
-    loader = property(lambda self: self._loader())
+    def __init__(self, loader: WindowDataLoader) -> None:  # not DistributedSampler's: nothing to hold
+        _HoldsLoader.__init__(self, loader)
     num_replicas = property(lambda self: self.loader.world_size)
     rank = property(lambda self: self.loader.rank)
     epoch = property(lambda self: self.loader.cursor.epoch)
