@@ -4,7 +4,8 @@ The sources are 3 token streams (random gpt2-range ids, uint16) of 4, 2 and 1 mi
 the single dataset is their concatenation, so both loaders read the same bytes. Both serve
 shuffled (max_length, stride, batch_size) batches; the mixture with weights 0.5/0.3/0.2. One
 more row stores the last source as uint32, so the mixture is read source by source (its slower
-path; the single dataset stays uint16). Each
+path; the single dataset stays uint16), and one more cuts the last source to 3 windows, so the
+mixture serves a source-epoch of it every few batches. Each
 side runs ROUNDS alternating rounds of `--batches` batches and keeps its best, so a busy
 neighbour slows both; the ratio is mixture / single throughput.
 
@@ -35,10 +36,15 @@ def sources() -> list[np.ndarray]:
     return [rng.integers(0, 50_257, n).astype(np.uint16) for n in SIZES]
 
 
-def loaders(adapter, max_length: int, stride: int, batch_size: int, wide_last: bool = False, **kwargs):
+def loaders(
+    adapter, max_length: int, stride: int, batch_size: int, wide_last: bool = False, tiny_last: bool = False, **kwargs
+):
     """(single, mixture) loaders of `adapter` over the same tokens; `wide_last` stores the last
-    source as uint32, which makes the mixture read source by source."""
+    source as uint32, which makes the mixture read source by source; `tiny_last` cuts it to 3
+    windows, which it serves over and over (an epoch every few batches)."""
     parts = sources()
+    if tiny_last:
+        parts[-1] = parts[-1][: max_length + 1 + 2 * stride]
     single = adapter.create_dataset(tokens=np.concatenate(parts), max_length=max_length, stride=stride)
     if wide_last:
         parts[-1] = parts[-1].astype(np.uint32)
@@ -100,6 +106,11 @@ def main() -> None:
     compare(
         "torch, one uint32 source",
         *loaders(wl_torch, max_length, stride, batch_size, wide_last=True),
+        args.batches,
+    )
+    compare(
+        "torch, a 3-window source",
+        *loaders(wl_torch, max_length, stride, batch_size, tiny_last=True),
         args.batches,
     )
     from windowloader.adapters import jax as wl_jax
