@@ -843,3 +843,22 @@ def test_tokens_in_the_other_byte_order_serve_the_reference_batches(tmp_path, ma
         assert np.asarray(inputs).tolist() == [windows[i][0] for i in rows] + pad
         assert np.asarray(targets).tolist() == [windows[i][1] for i in rows] + pad
         assert np.asarray(weights).tolist() == [[1.0] * max_length] * len(rows) + pad  # windows do not overlap
+
+
+def test_loading_a_state_stops_a_running_iteration_and_the_next_one_follows_the_state():
+    """As in torch: the iteration running when a state is loaded raises at its next batch, a new
+    one serves the batch after the state's."""
+    windows = reference_windows(TOKENS, MAX_LENGTH, STRIDE)
+    order = reference_permutation(len(windows), 3, 0)
+    loader = create_dataloader(create_dataset(tokens=TOKENS, max_length=MAX_LENGTH, stride=STRIDE), batch_size=4, seed=3)
+    running = iter(loader)
+    for _ in range(2):
+        next(running)
+    state = loader.state_dict()
+    for _ in range(3):
+        next(running)
+    loader.load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"load_state_dict was called while this iteration"):
+        next(running)
+    inputs = next(iter(loader))[0]
+    assert np.asarray(inputs).tolist() == [windows[i][0] for i in order[8:12]]

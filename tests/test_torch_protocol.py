@@ -261,3 +261,21 @@ def test_a_pinned_loader_given_its_device_by_accelerate_serves_the_reference_bat
         AcceleratorState._reset_state(True)
     assert loader.device == torch.device("cpu")
     assert as_lists(take(loader, 30)) == expected_batches(TOKENS, L, STRIDE, 8, seed=2, epochs=2)[:30]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loading_a_state_stops_a_running_iteration_and_the_next_one_follows_the_state(dataset, num_workers):
+    """A state loaded mid-iteration: that iteration's next batch would follow its old place, so
+    it raises; a new iteration serves the batch after the state's."""
+    expected = expected_batches(TOKENS, L, STRIDE, 4, seed=3, epochs=1)
+    loader = create_dataloader(dataset, batch_size=4, seed=3, num_workers=num_workers)
+    running = iter(loader)
+    for _ in range(2):
+        next(running)
+    state = loader.state_dict()  # after batch 1: the next is batch 2
+    for _ in range(3):
+        next(running)
+    loader.load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"load_state_dict was called while this iteration"):
+        next(running)
+    assert as_lists([next(iter(loader))]) == [expected[2]]

@@ -543,6 +543,7 @@ class MixtureCursor:
         self.windows, self.order = windows, order
         self.epoch = 0
         self.step = 0
+        self.moves = 0  # states loaded (see `state.unmoved`)
 
     def steps(self) -> Iterator[tuple[int, int]]:
         """(0, step) from the cursor on, without end; fixed when called."""
@@ -602,6 +603,7 @@ class MixtureCursor:
         self.order.seed = _checks.non_negative_int("state seed", state.get("seed"))
         self.order.stages = stages
         self.step = step
+        self.moves += 1
 
 
 def _rescheduled(saved, step: int, schedule, names) -> tuple:

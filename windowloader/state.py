@@ -44,6 +44,7 @@ class Cursor:
         self.order = order
         self.epoch = 0
         self.step = 0
+        self.moves = 0  # states loaded: an iteration running meanwhile stops (see `unmoved`)
 
     def steps(self) -> Iterator[tuple[int, int]]:
         """(epoch, step) of each batch left in the current epoch, from the cursor on; fixed when
@@ -102,6 +103,19 @@ class Cursor:
             )
         self.order.seed = state["seed"]
         self.epoch, self.step = state["epoch"], state["step"]
+        self.moves += 1
+
+
+def unmoved(cursor, moves: int) -> None:
+    """Raises when a state was loaded into `cursor` since an iteration began (at `moves`): that
+    iteration's next batches follow its old place, so the loader's state would no longer count
+    what it handed out."""
+    if cursor.moves != moves:
+        raise RuntimeError(
+            "load_state_dict was called while this iteration of the loader was running: its next "
+            "batches would not follow the loaded state; start a new iteration (iter(loader)) after "
+            "load_state_dict"
+        )
 
 
 def _checked(state: dict) -> dict:

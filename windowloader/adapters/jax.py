@@ -36,7 +36,7 @@ from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder
 from windowloader.order import BatchOrder
 from windowloader.packing import PackedRows
 from windowloader.source import dataset_from_arguments
-from windowloader.state import Cursor
+from windowloader.state import Cursor, unmoved
 from windowloader.windows import TokenWindows
 
 # Weight of the newest sample in the running average of the build time.
@@ -326,8 +326,10 @@ class WindowDataLoader:
         windows = cursor.order.batches(cursor.epoch, cursor.step)  # fixed now: the consumer moves the cursor
         chunks = iter(lambda: list(itertools.islice(windows, chunk)), [])
         feeder = _Feeder(self.batches.build, chunks, -(-self.prefetch // chunk))  # in whole chunks
+        moves = cursor.moves
         try:
             for batch in feeder:
+                unmoved(cursor, moves)
                 cursor.advance()
                 yield batch
         finally:

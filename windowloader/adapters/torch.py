@@ -36,7 +36,7 @@ from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder, MixtureWi
 from windowloader.order import BatchOrder
 from windowloader.segments import cu_seqlens as _cu_seqlens
 from windowloader.source import dataset_from_arguments, windows_from_text
-from windowloader.state import Cursor
+from windowloader.state import Cursor, unmoved
 from windowloader.packing import PackedRows
 from windowloader.windows import TokenWindows, shareable_by_path
 
@@ -509,7 +509,7 @@ class WindowDataLoader(DataLoader):
         self._sync_ranks()
         if self.restart:
             self.cursor.step = 0
-        epoch = self.cursor.epoch
+        epoch, moves = self.cursor.epoch, self.cursor.moves
         in_process = self.num_workers == 0 and not self.pin_memory
         if self.device is not None:
             rows = self._rows_in_process() if in_process else self._rows_from_workers()
@@ -518,6 +518,7 @@ class WindowDataLoader(DataLoader):
             batches = self._batches_in_process() if in_process else self._batches_from_dataloader()
         # Counted as handed to the user, not as fetched: workers run ahead of the consumer.
         for batch in batches:
+            unmoved(self.cursor, moves)
             self.cursor.advance()
             if self.restart and self.cursor.epoch != epoch:
                 # The epoch's last batch: the next iteration serves this epoch again, even when
