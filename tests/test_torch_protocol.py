@@ -16,6 +16,7 @@ from reference import reference_windows
 from test_torch_adapter import STRIDE, TOKENS, L, as_lists, expected_batches, take
 from torch.utils.data import DistributedSampler
 
+from windowloader import state_to_arrays
 from windowloader.adapters.torch import create_dataloader, create_dataset, create_eval_dataloader
 
 N = len(reference_windows(TOKENS, L, STRIDE))  # 198 windows
@@ -65,10 +66,11 @@ def test_ranks_changing_mid_epoch_are_refused(dataset, no_launcher):
         next(iter(loader))
 
 
-def test_a_state_of_another_world_size_loads_once_the_ranks_are_known(dataset, no_launcher):
+@pytest.mark.parametrize("form", ["plain", "packed"])
+def test_a_state_of_another_world_size_loads_once_the_ranks_are_known(dataset, no_launcher, form):
     saved = create_dataloader(dataset, batch_size=4, seed=1, rank=0, world_size=2)
     take(saved, 7)
-    state = saved.state_dict()
+    state = saved.state_dict() if form == "plain" else state_to_arrays(saved.state_dict())  # orbax's form
     loader = create_dataloader(dataset, batch_size=4, seed=1)  # before the group: 1 rank assumed
     with pytest.raises(ValueError, match="load the state after init_process_group"):
         loader.load_state_dict(state)
@@ -279,3 +281,10 @@ def test_loading_a_state_stops_a_running_iteration_and_the_next_one_follows_the_
     with pytest.raises(RuntimeError, match=r"load_state_dict was called while this iteration"):
         next(running)
     assert as_lists([next(iter(loader))]) == [expected[2]]
+
+
+def test_a_schedule_for_a_loader_of_one_dataset_is_refused_clearly(dataset):
+    loader = create_dataloader(dataset, batch_size=4, seed=1)
+    with pytest.raises(TypeError) as raised:
+        loader.load_state_dict(loader.state_dict(), schedule=[(0, [1.0])])
+    assert "schedule=" in str(raised.value) and "windowloader.Mixture" in str(raised.value)

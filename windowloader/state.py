@@ -72,8 +72,13 @@ class Cursor:
             "stride": self.windows.stride,
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, *, schedule=None) -> None:
         """Continues from `state`: the next batch is the one after the last batch it counted."""
+        if schedule is not None:
+            raise TypeError(
+                "schedule= changes a mixture's proportions, and this loader serves one dataset: "
+                "call load_state_dict(state) without it, or build the loader from a windowloader.Mixture"
+            )
         if is_packed(state):  # the numbers-only form of windowloader.state_to_arrays (orbax)
             state = state_from_arrays(state)
         if isinstance(state, dict) and state.get("format") in _RETIRED_FORMATS:

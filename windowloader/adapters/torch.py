@@ -32,6 +32,7 @@ import numpy as np
 from windowloader import _checks
 from windowloader.adapters._accelerate import check_accelerator
 from windowloader.adapters._torch_device import DeviceTransfer, check_device
+from windowloader.checkpoint import is_packed, state_from_arrays
 from windowloader.mixture import Mixture, MixtureCursor, MixtureOrder, MixtureWindows, read_batches
 from windowloader.order import BatchOrder
 from windowloader.segments import cu_seqlens as _cu_seqlens
@@ -573,6 +574,8 @@ class WindowDataLoader(DataLoader):
         array form of `windowloader.state_to_arrays` is taken too. A mixture loader takes
         `schedule=[(from_step, weights), ...]` to change its proportions from the saved step on."""
         order = self._sync_ranks()
+        if is_packed(state):  # orbax's numbers-only form: read its batch size like a plain state's
+            state = state_from_arrays(state)
         saved = state.get("global_batch_size") if isinstance(state, dict) else None
         if self._ranks is None and not _launched_ranks()[2] and saved not in (None, order.batch_size):
             raise ValueError(
