@@ -248,6 +248,10 @@ def test_sharded_tokens_read_like_one_array_across_empty_and_short_parts(tmp_pat
         tokens.rows([8], 4)
     with pytest.raises(IndexError):
         tokens[11]
+    positions = np.array([[10, 0, 3], [3, 9, 5]])  # any shape, any order, repeats
+    assert tokens.take(positions).tolist() == [[int(whole[p]) for p in row] for row in positions.tolist()]
+    with pytest.raises(IndexError):
+        tokens.take([11])
 
 
 def test_shifts_make_per_shard_offsets_global(tmp_path):
@@ -304,3 +308,29 @@ def test_segments_and_packed_rows_from_a_sharded_cache_are_the_single_files(sour
 
     single = wl.tokenize_corpus(sources, "bytes", cache_dir=tmp_path / "single")
     assert batches(wl.tokenize_corpus(sources, "bytes", cache_dir=tmp_path / "sharded", shards=7)) == batches(single)
+
+
+def test_packed_rows_over_shards_never_read_the_stream_whole_and_travel_as_paths(sources, tmp_path, monkeypatch):
+    """A sharded cache's packed_docs rows read only the tokens of the rows served: the token
+    stream is never turned into one array, and a worker receives the shards' locations."""
+    from windowloader.adapters.torch import create_dataloader, create_dataset
+
+    single = wl.tokenize_corpus(sources, "bytes", cache_dir=tmp_path / "single")
+    expected = create_dataset("packed_docs", tokens=single, max_length=16, stride=16)
+    corpus = wl.tokenize_corpus(sources, "bytes", cache_dir=tmp_path / "sharded", shards=5)
+
+    real = ShardedTokens.__array__
+
+    def whole(self, dtype=None, copy=None):  # the documents' offsets, O(documents), may be read
+        assert self is not corpus.tokens, "the sharded token stream was read whole"
+        return real(self, dtype, copy)
+
+    monkeypatch.setattr(ShardedTokens, "__array__", whole)
+    dataset = create_dataset("packed_docs", tokens=corpus, max_length=16, stride=16)
+    create_dataloader(dataset, batch_size=4, seed=3, num_workers=2)  # would move in-memory tokens to shared memory
+    message = pickle.dumps(dataset)
+    assert len(message) < len(dataset.windows.table.tobytes()) + 4000  # the table and 5 paths, not the tokens
+    every = np.arange(len(expected))
+    for moved in (dataset, pickle.loads(message)):
+        assert np.array_equal(moved.windows.gather_rows(every), expected.windows.gather_rows(every))
+        assert np.array_equal(moved.windows.weights(every), expected.windows.weights(every))

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from windowloader import _checks, integrity
+from windowloader import _checks
 from windowloader.segments import check_doc_starts, expand_runs
-from windowloader.windows import memmap_source, reopen
+from windowloader.windows import memmap_source, reopen, token_stream, tokens_fingerprint
 
 VERSION = 1
 # The table's columns, one line per piece, sorted by row then column.
@@ -47,7 +47,7 @@ class PackedRows:
     def __init__(self, tokens: np.ndarray, *, max_length: int, stride: int, table: np.ndarray) -> None:
         self.max_length = _checks.positive_int("max_length", max_length)
         self.stride = _checks.positive_int("stride", stride)
-        self.tokens = _checks.token_array(tokens)
+        self.tokens = token_stream(tokens)
         self.table = _checked_table(table, len(self.tokens), self.max_length)
         rows = self.table[:, ROW]
         self.n_rows = int(rows[-1]) + 1 if len(rows) else 0
@@ -100,7 +100,7 @@ class PackedRows:
         source = np.repeat(runs.offsets, lengths).reshape(len(indices), width) + np.arange(width)
         # Padding, and the tail of the corpus's last document (no token follows it), hold 0.
         padding = np.repeat(runs.segments == 0, lengths).reshape(source.shape) | (source >= len(self.tokens))
-        rows = self.tokens[np.minimum(source, len(self.tokens) - 1)]
+        rows = self.tokens.take(np.minimum(source, len(self.tokens) - 1))
         rows[padding] = 0
         return rows if dtype is None or rows.dtype == dtype else rows.astype(dtype)
 
@@ -145,7 +145,7 @@ class PackedRows:
         """The tokens' fingerprint with the packing's: a state saved by another dataset type,
         configuration or corpus is refused."""
         digest = hashlib.blake2b(digest_size=8)
-        digest.update(f"packed_docs/{VERSION}/{integrity.fingerprint(self.tokens)}".encode())
+        digest.update(f"packed_docs/{VERSION}/{tokens_fingerprint(self.tokens)}".encode())
         digest.update(np.ascontiguousarray(self.table).tobytes())
         return digest.hexdigest()
 
@@ -206,7 +206,7 @@ def pack(tokens: np.ndarray, doc_starts, *, max_length: int, stride: int) -> Pac
             f"stride must be at most max_length={max_length} for packed_docs (a long document's rows "
             f"would skip tokens), got {stride}: pass stride={max_length} or less"
         )
-    tokens = _checks.token_array(tokens)
+    tokens = token_stream(tokens)
     n_tokens = len(tokens)
     if n_tokens < 2:
         raise ValueError(f"tokens has {n_tokens} tokens: packing needs at least 2 (an input and a target)")
@@ -282,8 +282,8 @@ def _counted(tokens: np.ndarray, table: np.ndarray) -> np.ndarray:
     counted = follows < len(tokens)
     same_row = table[1:, ROW] == table[:-1, ROW]
     # Where another piece follows in the row, it must open with the same id as the corpus does.
-    next_first = tokens[table[1:, START][same_row]]
-    after = tokens[np.minimum(follows[:-1][same_row], len(tokens) - 1)]
+    next_first = tokens.take(table[1:, START][same_row])
+    after = tokens.take(np.minimum(follows[:-1][same_row], len(tokens) - 1))
     counted[:-1][same_row] &= next_first == after
     return counted.astype(np.int64)
 

@@ -111,6 +111,24 @@ class ShardedTokens:
         index %= len(self)
         return self._range(index, index + 1)[0]
 
+    def take(self, positions) -> np.ndarray:
+        """The values at `positions` (an int array of any shape, each in `[0, len)`), in that
+        shape: the positions are grouped by part with one sort, then one fancy index per part."""
+        positions = np.asarray(positions, dtype=np.int64)
+        flat = positions.reshape(-1)
+        out = np.empty(len(flat), dtype=self.dtype)
+        if not len(flat):
+            return out.reshape(positions.shape)
+        if flat.min() < 0 or flat.max() >= len(self):
+            raise IndexError(f"positions {flat.min()}..{flat.max()} leave the {len(self)} tokens")
+        parts = np.searchsorted(self.bounds, flat, side="right") - 1
+        order = parts.argsort(kind="stable")
+        present, firsts = np.unique(parts[order], return_index=True)
+        for part, first, last in zip(present.tolist(), firsts.tolist(), [*firsts[1:].tolist(), len(flat)]):
+            mine = order[first:last]
+            out[mine] = self._shifted(self._arrays[part][flat[mine] - self._starts[part]], part)
+        return out.reshape(positions.shape)
+
     def rows(self, starts, length: int) -> np.ndarray:
         """`(len(starts), length)` values: row r is `self[starts[r] : starts[r] + length]`.
 

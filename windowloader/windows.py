@@ -42,7 +42,7 @@ class TokenWindows:
         self.max_length = _checks.positive_int("max_length", max_length)
         self.stride = _checks.positive_int("stride", stride)
         # A sharded cache's stream stays in its files; anything else becomes one numpy array.
-        self.tokens = tokens if isinstance(tokens, ShardedTokens) else _checks.token_array(tokens)
+        self.tokens = token_stream(tokens)
         needed = self.max_length + 1
         if len(self.tokens) < needed:
             raise ValueError(
@@ -143,8 +143,7 @@ class TokenWindows:
         """A hash of every token (the same ids in any dtype give the same), for checking saved
         states: a cache's from the checksums verified when it was opened, else ~1 ms per
         million uint16 tokens (docs/integrity.md). A sharded cache's is its manifest's."""
-        known = self.tokens.fingerprint if isinstance(self.tokens, ShardedTokens) else None
-        return known or integrity.fingerprint(self.tokens)
+        return tokens_fingerprint(self.tokens)
 
     def _check_index(self, index: int) -> int:
         index = _checks.index("index", index)
@@ -152,6 +151,18 @@ class TokenWindows:
         if not -n <= index < n:
             raise IndexError(f"window index {index} is out of range for {n} windows")
         return index + n if index < 0 else index
+
+
+def token_stream(tokens):
+    """`tokens` as windows and packed rows read them: a sharded cache's stream as it is (read
+    where asked, never whole), anything else as a checked 1-D integer array."""
+    return tokens if isinstance(tokens, ShardedTokens) else _checks.token_array(tokens)
+
+
+def tokens_fingerprint(tokens) -> str:
+    """A sharded cache's fingerprint from its manifest, else a hash of every token."""
+    known = tokens.fingerprint if isinstance(tokens, ShardedTokens) else None
+    return known or integrity.fingerprint(tokens)
 
 
 def shareable_by_path(tokens) -> bool:
