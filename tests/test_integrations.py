@@ -10,6 +10,7 @@ hashes) equal the uninterrupted run's from the saved point on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,16 +29,20 @@ TIMEOUT_S = 300
 BATCHES = worker.EPOCHS * worker.N_WINDOWS // (2 * worker.PER_RANK)  # 10: two epochs of 5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all held open at once while asked for, since the system may
+    hand a just-released port out again (two jobs on one port fail with EADDRINUSE)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
-def _start(tool: str, out: Path) -> subprocess.Popen:
+def _start(tool: str, out: Path, port: int) -> subprocess.Popen:
     launched = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
     env = {k: v for k, v in os.environ.items() if k not in launched}
-    port = str(_free_port())
+    port = str(port)
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(WORKER).parent), env.get("PYTHONPATH")) if p)
     if tool in ("torchrun", "accelerate"):
@@ -56,7 +61,7 @@ def runs(tmp_path_factory):
     """{tool: (rank 0's result, rank 1's result)} once every job has ended."""
     tools = ("torchrun", "accelerate", "fabric", "lightning")
     outs = {tool: tmp_path_factory.mktemp(tool) for tool in tools}
-    processes = {tool: _start(tool, outs[tool]) for tool in tools}
+    processes = {tool: _start(tool, outs[tool], port) for tool, port in zip(tools, _free_ports(len(tools)))}
     codes = {}
     try:
         for tool, process in processes.items():
