@@ -219,14 +219,18 @@ class Setup:
 
 
 def _copier(seconds: float):
-    """A copy of as many bytes as take `seconds` here (numpy releases the interpreter meanwhile)."""
+    """A copy of as many bytes as take `seconds` here, sized by timing copies of that size (a
+    copy's speed depends on it: small ones stay in the caches); numpy releases the interpreter."""
     import numpy as np
 
     source = np.ones(16 << 20, dtype=np.uint8)
-    target = np.empty_like(source)
-    start = time.perf_counter()
-    np.copyto(target, source)
-    size = max(1, int(len(source) * seconds / (time.perf_counter() - start)))
+    target = source.copy()
+    size = 1 << 16
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(50):
+            np.copyto(target[:size], source[:size])
+        size = min(len(source), max(1, int(size * seconds / ((time.perf_counter() - start) / 50))))
     return lambda: np.copyto(target[:size], source[:size])
 
 

@@ -389,6 +389,7 @@ class WindowSampler(_HoldsLoader, DistributedSampler):
 
     def __init__(self, loader: WindowDataLoader) -> None:  # not DistributedSampler's: nothing to hold
         _HoldsLoader.__init__(self, loader)
+
     num_replicas = property(lambda self: self.loader.world_size)
     rank = property(lambda self: self.loader.rank)
     epoch = property(lambda self: self.loader.cursor.epoch)
